@@ -1,0 +1,77 @@
+"""A recurrent text classifier: embedding -> (bi)RNN/LSTM/GRU over packed sequences -> pooling -> linear."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+POOLINGS = ("mean", "max", "last")
+
+
+@dataclass
+class ClassifierConfig:
+    vocab_size: int
+    num_classes: int
+    cell: str = "lstm"
+    emb_dim: int = 128
+    hidden: int = 128
+    layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.3
+    pooling: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {self.cell!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class RNNClassifier(nn.Module):
+    """Pad-aware by construction: the RNN sees packed sequences and pooling masks padded steps."""
+
+    def __init__(self, cfg: ClassifierConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_dim, padding_idx=0)
+        self.rnn = CELLS[cfg.cell](
+            cfg.emb_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+            bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+        )
+        dirs = 2 if cfg.bidirectional else 1
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(dirs * cfg.hidden, cfg.num_classes)
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """ids (B, T) int64, lengths (B,) int64 -> logits (B, C)."""
+        x = self.dropout(self.embedding(ids))  # (B, T, E)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, h_n = self.rnn(packed)
+        if isinstance(h_n, tuple):  # LSTM returns (h_n, c_n)
+            h_n = h_n[0]
+        if self.cfg.pooling == "last":
+            dirs = 2 if self.cfg.bidirectional else 1
+            pooled = h_n[-dirs:].transpose(0, 1).reshape(ids.size(0), -1)  # (B, dirs*H)
+        else:
+            h, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.size(1))  # (B, T, dirs*H)
+            mask = (torch.arange(ids.size(1), device=ids.device)[None, :] < lengths[:, None])[..., None]
+            if self.cfg.pooling == "max":
+                pooled = h.masked_fill(~mask, float("-inf")).amax(dim=1)  # (B, dirs*H)
+            else:
+                pooled = (h * mask).sum(dim=1) / lengths[:, None].to(h.dtype)  # (B, dirs*H)
+        return self.out(self.dropout(pooled))  # (B, C)

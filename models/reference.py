@@ -1,0 +1,198 @@
+"""Numpy-only reference forward of Elman RNN, LSTM and GRU in PyTorch's weight layout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+Activation = Callable[[np.ndarray], np.ndarray]
+
+_GATES_PER_CELL = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, written to avoid overflow for large |x|."""
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def identity(x: np.ndarray) -> np.ndarray:
+    """Linear activation."""
+    return x
+
+
+def _affine(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """x @ w.T + b with torch's (out, in) weight layout; b may be None."""
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def rnn_cell(
+    x_t: np.ndarray,
+    h_prev: np.ndarray,
+    w_ih: np.ndarray,
+    w_hh: np.ndarray,
+    b_ih: np.ndarray | None = None,
+    b_hh: np.ndarray | None = None,
+    activation: Activation = np.tanh,
+) -> np.ndarray:
+    """Elman step: h_t = act(W_ih x_t + b_ih + W_hh h_prev + b_hh)."""
+    return activation(_affine(x_t, w_ih, b_ih) + _affine(h_prev, w_hh, b_hh))
+
+
+def lstm_cell(
+    x_t: np.ndarray,
+    h_prev: np.ndarray,
+    c_prev: np.ndarray,
+    w_ih: np.ndarray,
+    w_hh: np.ndarray,
+    b_ih: np.ndarray | None = None,
+    b_hh: np.ndarray | None = None,
+    gate: Activation = sigmoid,
+    cell_act: Activation = np.tanh,
+    out_act: Activation = np.tanh,
+) -> tuple[np.ndarray, np.ndarray]:
+    """LSTM step with torch gate order (i, f, g, o); returns (h_t, c_t)."""
+    pre = _affine(x_t, w_ih, b_ih) + _affine(h_prev, w_hh, b_hh)  # (B, 4H)
+    pre_i, pre_f, pre_g, pre_o = np.split(pre, 4, axis=-1)
+    i_t = gate(pre_i)
+    f_t = gate(pre_f)
+    g_t = cell_act(pre_g)
+    o_t = gate(pre_o)
+    c_t = f_t * c_prev + i_t * g_t
+    h_t = o_t * out_act(c_t)
+    return h_t, c_t
+
+
+def gru_cell(
+    x_t: np.ndarray,
+    h_prev: np.ndarray,
+    w_ih: np.ndarray,
+    w_hh: np.ndarray,
+    b_ih: np.ndarray | None = None,
+    b_hh: np.ndarray | None = None,
+    gate: Activation = sigmoid,
+    activation: Activation = np.tanh,
+) -> np.ndarray:
+    """GRU step with torch gate order (r, z, n)."""
+    x_r, x_z, x_n = np.split(_affine(x_t, w_ih, b_ih), 3, axis=-1)  # 3 x (B, H)
+    h_r, h_z, h_n = np.split(_affine(h_prev, w_hh, b_hh), 3, axis=-1)  # 3 x (B, H)
+    r_t = gate(x_r + h_r)
+    z_t = gate(x_z + h_z)
+    # r_t gates the hidden projection *including* b_hn, as torch (and cuDNN) do.
+    n_t = activation(x_n + r_t * h_n)
+    return (1.0 - z_t) * n_t + z_t * h_prev
+
+
+def _run_direction(
+    cell: str,
+    weights: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
+    x: np.ndarray,
+    lengths: np.ndarray,
+    hidden_size: int,
+    reverse: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One layer, one direction over a padded batch; returns (outputs, h_n, c_n)."""
+    batch, steps, _ = x.shape
+    h_t = np.zeros((batch, hidden_size), dtype=x.dtype)
+    c_t = np.zeros_like(h_t) if cell == "lstm" else None
+    out = np.zeros((batch, steps, hidden_size), dtype=x.dtype)
+    order = range(steps - 1, -1, -1) if reverse else range(steps)
+    for t in order:
+        # Padded steps leave the state untouched, so the forward pass freezes at lengths[b] - 1
+        # and the reverse pass effectively starts there from a zero state.
+        valid = (t < lengths)[:, None]  # (B, 1)
+        if cell == "lstm":
+            h_new, c_new = lstm_cell(x[:, t], h_t, c_t, *weights)
+            c_t = np.where(valid, c_new, c_t)
+        elif cell == "gru":
+            h_new = gru_cell(x[:, t], h_t, *weights)
+        else:
+            h_new = rnn_cell(x[:, t], h_t, *weights)
+        h_t = np.where(valid, h_new, h_t)
+        out[:, t] = np.where(valid, h_t, 0.0)
+    return out, h_t, c_t
+
+
+def run_rnn(
+    cell: str,
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    lengths: np.ndarray,
+    num_layers: int,
+    bidirectional: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Pad-aware forward matching torch packed sequences; returns (output, h_n, c_n)."""
+    if cell not in _GATES_PER_CELL:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(_GATES_PER_CELL)}")
+    lengths = np.asarray(lengths)
+    hidden_size = params["weight_hh_l0"].shape[0] // _GATES_PER_CELL[cell]
+    suffixes = ["", "_reverse"] if bidirectional else [""]
+    layer_in = x
+    h_n: list[np.ndarray] = []
+    c_n: list[np.ndarray] = []
+    for layer in range(num_layers):
+        outputs = []
+        for suffix in suffixes:
+            key = f"l{layer}{suffix}"
+            weights = (
+                params[f"weight_ih_{key}"],
+                params[f"weight_hh_{key}"],
+                params.get(f"bias_ih_{key}"),
+                params.get(f"bias_hh_{key}"),
+            )
+            out, h_last, c_last = _run_direction(
+                cell, weights, layer_in, lengths, hidden_size, reverse=suffix == "_reverse"
+            )
+            outputs.append(out)
+            h_n.append(h_last)
+            if c_last is not None:
+                c_n.append(c_last)
+        layer_in = np.concatenate(outputs, axis=-1)  # (B, T, dirs * H)
+    return layer_in, np.stack(h_n), np.stack(c_n) if cell == "lstm" else None
+
+
+def elman_worked_example(inputs: ArrayLike) -> np.ndarray:
+    """All-ones, bias-free, linear 2-2-2 Elman net from h_0 = 0; returns y_t = W_hy h_t per step."""
+    w_ih = np.ones((2, 2))
+    w_hh = np.ones((2, 2))
+    w_hy = np.ones((2, 2))
+    h_t = np.zeros((1, 2))
+    outputs = []
+    for x_t in np.asarray(inputs, dtype=float):
+        h_t = rnn_cell(x_t[None, :], h_t, w_ih, w_hh, activation=identity)
+        outputs.append((h_t @ w_hy.T)[0])
+    return np.stack(outputs)  # (T, 2)
+
+
+def memory_cell_params() -> dict[str, np.ndarray]:
+    """Hand-set 1-unit LSTM, input size 3, torch layout: g = x1, i/f = 100 x2 -/+ 10, o = 100 x3 - 10."""
+    weight_ih = np.array(
+        [
+            [0.0, 100.0, 0.0],  # i
+            [0.0, 100.0, 0.0],  # f
+            [1.0, 0.0, 0.0],  # g
+            [0.0, 0.0, 100.0],  # o
+        ]
+    )  # (4H, I)
+    return {
+        "weight_ih_l0": weight_ih,
+        "weight_hh_l0": np.zeros((4, 1)),  # (4H, H)
+        "bias_ih_l0": np.array([-10.0, 10.0, 0.0, -10.0]),
+        "bias_hh_l0": np.zeros(4),
+    }
+
+
+def memory_cell_worked_example(inputs: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Run the hand-set LSTM memory cell with linear cell/output activations; returns (c_t, h_t) per step."""
+    p = memory_cell_params()
+    weights = (p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"])
+    h_t = np.zeros((1, 1))
+    c_t = np.zeros((1, 1))
+    cs, hs = [], []
+    for x_t in np.asarray(inputs, dtype=float):
+        h_t, c_t = lstm_cell(x_t[None, :], h_t, c_t, *weights, cell_act=identity, out_act=identity)
+        cs.append(c_t[0, 0])
+        hs.append(h_t[0, 0])
+    return np.array(cs), np.array(hs)

@@ -1,0 +1,161 @@
+"""The `seqserve` console script. Training commands import torch lazily, so serving never needs it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from service.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, exit code 2, like every other user mistake."""
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="model folder, e.g. model_repository/NAME")
+    p.add_argument("--version", type=int, help="version number to write (default: the next one)")
+    p.add_argument("--work-dir", type=Path, help="checkpoints and resume state (default: runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue from the work dir's last epoch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping threshold")
+    p.add_argument("--patience", type=int, default=3, help="epochs without improvement before stopping")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dry-run", action="store_true", help="a few steps only (for CI)")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--max-length", type=int, default=256, help="tokens kept per text")
+    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="lstm")
+    p.add_argument("--emb-dim", type=int, default=128)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--dropout", type=float, default=0.3)
+
+
+def _add_train(sub: Any) -> None:
+    train = sub.add_parser("train", help="train a model and write it into a model repository")
+    kinds = train.add_subparsers(dest="kind", required=True, parser_class=Parser)
+    clf = kinds.add_parser("classifier", help="recurrent text classifier")
+    clf.add_argument("--data", required=True, help="recipe name (rotten_tomatoes) or a CSV/TSV/JSONL file")
+    clf.add_argument("--text-field", default="text", help="column name, or index for files without header")
+    clf.add_argument("--label-field", default="label")
+    clf.add_argument("--valid-data", help="your own validation file (with --test-data)")
+    clf.add_argument("--test-data", help="your own test file (with --valid-data)")
+    clf.add_argument("--valid-fraction", type=float, default=0.1)
+    clf.add_argument("--test-fraction", type=float, default=0.1)
+    clf.add_argument("--no-bidirectional", action="store_true")
+    clf.add_argument("--pooling", choices=["max", "mean", "last"], default="max")
+    clf.add_argument("--no-lowercase", action="store_true", help="keep case in the tokenizer")
+    _train_options(clf)
+    clf.set_defaults(func=_cmd_train_classifier)
+
+
+def _train_config(a: argparse.Namespace) -> Any:
+    from training.loop import TrainConfig
+
+    return TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                       clip=a.clip, patience=a.patience, seed=a.seed, device=a.device,
+                       max_steps=3 if a.dry_run else 0)
+
+
+def _cmd_train_classifier(a: argparse.Namespace) -> None:
+    from training.classify import ClassifierJob, LabelledData, train_classifier
+
+    data = LabelledData(a.data, a.text_field, a.label_field, a.valid_data, a.test_data,
+                        a.valid_fraction, a.test_fraction, a.seed)
+    model = {"cell": a.cell, "emb_dim": a.emb_dim, "hidden": a.hidden, "layers": a.layers,
+             "bidirectional": not a.no_bidirectional, "dropout": a.dropout, "pooling": a.pooling}
+    job = ClassifierJob(data=data, out=a.out, model=model, train=_train_config(a), vocab_size=a.vocab_size,
+                        max_length=a.max_length, lowercase=not a.no_lowercase, version=a.version,
+                        work_dir=a.work_dir, resume=a.resume)
+    path = train_classifier(job)
+    if path is not None:
+        logging.getLogger("seqserve").info("wrote %s", path)
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a model version's ONNX graph(s); figures go to metrics.json")
+    p.add_argument("model_dir", type=Path, help="model_repository/NAME[/VERSION] (latest version if omitted)")
+    p.add_argument("--data", help="recipe or file; default: the data the model was trained on")
+    p.add_argument("--split", default="test", help="test, valid or train of a recipe/split; ignored for files")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--label-field", default="label")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    from training.evaluate import evaluate_command
+
+    evaluate_command(a)
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="export a training run's best checkpoint to a new ONNX model version")
+    p.add_argument("run_dir", type=Path, help="training run folder (model.json, best.safetensors)")
+    p.add_argument("--out", required=True, type=Path, help="model folder, e.g. model_repository/NAME")
+    p.add_argument("--version", type=int)
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(a: argparse.Namespace) -> None:
+    from training.export import export_run
+    from training.repo_writer import VersionWriter
+
+    path = export_run(a.run_dir, a.out, a.version)
+    VersionWriter(path).write_card()
+    logging.getLogger("seqserve").info("wrote %s", path)
+
+
+def _add_quantize(sub: Any) -> None:
+    p = sub.add_parser("quantize", help="write an int8 (dynamic quantization) variant as a new version")
+    p.add_argument("model_dir", type=Path, help="model_repository/NAME[/VERSION] (latest version if omitted)")
+    p.add_argument("--version", type=int, help="version number to write (default: the next one)")
+    p.set_defaults(func=_cmd_quantize)
+
+
+def _cmd_quantize(a: argparse.Namespace) -> None:
+    from training.quantize import quantize_version
+
+    path = quantize_version(a.model_dir, a.version)
+    logging.getLogger("seqserve").info("wrote %s", path)
+
+
+COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, _add_export, _add_quantize]
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="seqserve", description="Train, export and serve recurrent NLP models.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except UserError as exc:
+        sys.stderr.write(f"seqserve: error: {exc}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

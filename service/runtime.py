@@ -1,0 +1,78 @@
+"""onnxruntime sessions and the classifier's text -> probabilities path (shared by evaluate and the service)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.text import TextEncoder, pad_batch
+
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    device: str = "auto"  # auto: CUDA when onnxruntime has it, else CPU
+    intra_op_threads: int = 0  # 0 lets onnxruntime choose
+    graph_optimization: str = "all"
+
+
+def providers_for(device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise ValueError("device 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider "
+                         "(install onnxruntime-gpu)")
+    return ["CPUExecutionProvider"]
+
+
+def make_session(path: Path, opts: SessionOptions = SessionOptions()) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = opts.intra_op_threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = OPT_LEVELS[opts.graph_optimization]
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=providers_for(opts.device))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
+
+
+class ClassifierRuntime:
+    """Tokenize, pad, run the ONNX classifier, softmax."""
+
+    def __init__(self, version_dir: Path, config: dict[str, Any], opts: SessionOptions = SessionOptions()):
+        self.config = config
+        self.labels: list[str] = list(config["labels"])
+        self.encoder = TextEncoder.load(version_dir / config["tokenizers"]["source"], int(config["max_length"]))
+        self.session = make_session(version_dir / config["graphs"]["model"], opts)
+
+    @property
+    def provider(self) -> str:
+        return str(self.session.get_providers()[0])
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.encoder.ids(texts)
+
+    def run_ids(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        """Class probabilities (B, C) for already-encoded texts."""
+        ids, lengths = pad_batch(seqs)
+        (logits,) = self.session.run(["logits"], {"ids": ids, "lengths": lengths})
+        return softmax(np.asarray(logits, dtype=np.float64))
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        return self.run_ids(self.encode(texts))

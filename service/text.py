@@ -1,0 +1,61 @@
+"""Text <-> token ids with the tokenizer saved beside a model (torch-free, shared by training and serving)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
+SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class TextEncoder:
+    """Wraps a `tokenizers.Tokenizer`; encodes batches into padded id matrices."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+        if tokenizer.token_to_id(PAD) != PAD_ID or tokenizer.token_to_id(EOS) != EOS_ID:
+            raise ValueError("tokenizer must reserve ids 0..3 for <pad>, <unk>, <s>, </s>")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        # Truncation lives here rather than in tokenizer.json so one file serves any max length.
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+
+    @classmethod
+    def load(cls, path: str | Path, max_length: int) -> TextEncoder:
+        return cls(Tokenizer.from_file(str(path)), max_length)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.get_vocab_size())
+
+    def ids(self, texts: Sequence[str], add_eos: bool = False) -> list[list[int]]:
+        """Token ids per text, truncated to max_length (the EOS, if asked for, counts)."""
+        room = self.max_length - (1 if add_eos else 0)
+        out = []
+        for enc in self.tokenizer.encode_batch(list(texts), add_special_tokens=False):
+            ids = enc.ids[:room]
+            if add_eos:
+                ids.append(EOS_ID)
+            out.append(ids if ids else [UNK_ID])  # an empty text still gets one position
+        return out
+
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        """Readable form of each id (for attention plots and API responses)."""
+        return [self.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True)).strip()
+
+
+def pad_batch(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (B, T) int64 padded with PAD_ID, lengths (B,) int64)."""
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    ids = np.full((len(seqs), int(lengths.max(initial=1))), PAD_ID, dtype=np.int64)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = s
+    return ids, lengths

@@ -1,0 +1,39 @@
+"""Shared fixtures: small synthetic data sets that tiny models learn in seconds."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = ["great", "wonderful", "moving", "superb", "delightful", "brilliant", "charming", "gripping"]
+BAD = ["dull", "tedious", "awful", "boring", "clumsy", "lifeless", "painful", "forgettable"]
+FILLER = ["the", "film", "is", "a", "story", "with", "cast", "and", "plot", "its", "director", "this", "movie"]
+
+
+def synthetic_reviews(n: int, seed: int) -> list[tuple[str, str]]:
+    """Texts whose label is decided by one sentiment word hidden among filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        words = rng.choices(FILLER, k=rng.randint(3, 14))
+        words.insert(rng.randint(0, len(words)), rng.choice(GOOD if label == "pos" else BAD))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reviews_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "reviews.csv", synthetic_reviews(600, seed=1))

@@ -1,0 +1,254 @@
+"""ONNX seq2seq decoding against the torch model, on a tiny model trained to reverse random token sequences."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.seq2seq import Seq2Seq, Seq2SeqConfig, greedy_decode
+from service.decoding import (
+    BeamSearch,
+    GreedySearch,
+    Hypothesis,
+    Seq2SeqRunner,
+    max_output_length,
+    search_factory,
+    translate_batch,
+)
+from service.text import BOS_ID, EOS_ID, PAD_ID, pad_batch
+from training import seq2seq_export
+from training.seq2seq_export import ExportParityError, export_seq2seq
+
+VOCAB = 16  # ids 4..15 are "words"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def random_sequences(rng: np.random.Generator, n: int, max_len: int = 8) -> list[list[int]]:
+    return [rng.integers(EOS_ID + 1, VOCAB, rng.integers(1, max_len + 1)).tolist() for _ in range(n)]
+
+
+def train_reverser(cfg: Seq2SeqConfig, steps: int, seed: int = 0) -> Seq2Seq:
+    """A few seconds of Adam on "reverse the sequence": good but imperfect, so search matters."""
+    torch.manual_seed(seed)
+    model = Seq2Seq.from_config(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        seqs = random_sequences(rng, 64)
+        src_ids, src_lengths = (torch.from_numpy(a) for a in pad_batch(seqs))
+        tgt_in = torch.from_numpy(pad_batch([[BOS_ID, *s[::-1]] for s in seqs])[0])
+        tgt_out = torch.from_numpy(pad_batch([[*s[::-1], EOS_ID] for s in seqs])[0])
+        logits = model(src_ids, src_lengths, tgt_in)
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), tgt_out.reshape(-1), ignore_index=PAD_ID)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return model.eval()
+
+
+@dataclass
+class Exported:
+    model: Seq2Seq
+    runner: Seq2SeqRunner
+    spec: dict
+
+
+def export_and_load(model: Seq2Seq, out_dir: Path) -> Exported:
+    spec = export_seq2seq(model, model.cfg, out_dir)
+    sessions = [ort.InferenceSession(str(out_dir / spec[g]["file"]), providers=["CPUExecutionProvider"])
+                for g in ("encoder", "decoder")]
+    return Exported(model, Seq2SeqRunner(*sessions), spec)
+
+
+@pytest.fixture(scope="module")
+def attn(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    torch.set_num_threads(2)
+    cfg = Seq2SeqConfig(src_vocab=VOCAB, tgt_vocab=VOCAB, cell="lstm", emb_dim=32, enc_hidden=32,
+                        dec_hidden=64, attention="general", input_feeding=True, dropout=0.0)
+    return export_and_load(train_reverser(cfg, steps=200), tmp_path_factory.mktemp("attn"))
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    torch.set_num_threads(2)
+    cfg = Seq2SeqConfig(src_vocab=VOCAB, tgt_vocab=VOCAB, cell="gru", emb_dim=32, enc_hidden=32,
+                        dec_hidden=64, attention="none", input_feeding=False, dropout=0.0)
+    return export_and_load(train_reverser(cfg, steps=100), tmp_path_factory.mktemp("baseline"))
+
+
+@pytest.fixture(scope="module")
+def sources() -> list[list[int]]:
+    return random_sequences(np.random.default_rng(123), 200)
+
+
+def decode(runner: Seq2SeqRunner, seqs: list[list[int]], make_search, batch_size: int = 32) -> list[Hypothesis]:
+    out: list[Hypothesis] = []
+    for start in range(0, len(seqs), batch_size):
+        src_ids, src_lengths = pad_batch(seqs[start : start + batch_size])
+        out += translate_batch(runner, src_ids, src_lengths, make_search)
+    return out
+
+
+def torch_greedy(model: Seq2Seq, seqs: list[list[int]]) -> list[list[int]]:
+    src_ids, src_lengths = (torch.from_numpy(a) for a in pad_batch(seqs))
+    return greedy_decode(model, src_ids, src_lengths, [max_output_length(len(s)) for s in seqs])
+
+
+def test_decoding_module_does_not_import_torch() -> None:
+    code = "import sys, service.decoding; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_runner_learns_the_interface_from_the_graphs(attn: Exported, baseline: Exported) -> None:
+    assert attn.runner.state_names == attn.spec["states"] == ["h", "c", "feed"]
+    assert attn.runner.step_inputs == ["tokens", "memory", "keys", "src_mask", "h", "c", "feed"]
+    assert attn.runner.attends
+    assert baseline.runner.state_names == ["h", "context"]
+    assert baseline.runner.step_inputs == ["tokens", "h", "context"]
+    assert not baseline.runner.attends
+
+
+def test_model_learned_the_task(attn: Exported, sources: list[list[int]]) -> None:
+    hyps = decode(attn.runner, sources, search_factory())
+    assert np.mean([h.tokens == s[::-1] for h, s in zip(hyps, sources, strict=True)]) > 0.8
+
+
+@pytest.mark.parametrize("which", ["attn", "baseline"])
+def test_onnx_greedy_matches_torch_greedy(which: str, request: pytest.FixtureRequest,
+                                          sources: list[list[int]]) -> None:
+    exported: Exported = request.getfixturevalue(which)
+    onnx_tokens = [h.tokens for h in decode(exported.runner, sources, search_factory())]
+    torch_tokens = torch_greedy(exported.model, sources)
+    agree = np.mean([a == b for a, b in zip(onnx_tokens, torch_tokens, strict=True)])
+    assert agree >= 0.99
+
+
+def rng_tokens(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(EOS_ID + 1, VOCAB, n)
+
+
+def test_step_log_probs_and_attention_match_torch(attn: Exported, sources: list[list[int]]) -> None:
+    seqs = sources[:16]
+    src_ids, src_lengths = pad_batch(seqs)
+    encoded = attn.runner.encode(src_ids, src_lengths)
+    states = encoded.states
+    with torch.no_grad():
+        memory, keys, src_mask, state = attn.model.encode(torch.from_numpy(src_ids), torch.from_numpy(src_lengths))
+        tokens = torch.full((len(seqs),), BOS_ID)
+        for t in range(6):
+            logits, weights, state = attn.model.decoder.step(tokens, state, memory, keys, src_mask)
+            log_probs, attention, states = attn.runner.step(
+                tokens.numpy(), encoded.memory, encoded.keys, encoded.src_mask, states)
+            np.testing.assert_allclose(log_probs, F.log_softmax(logits, dim=1).numpy(), atol=1e-4, rtol=0)
+            assert weights is not None and attention is not None
+            np.testing.assert_allclose(attention, weights.numpy(), atol=1e-5, rtol=0)
+            assert (attention[~encoded.src_mask] == 0).all()
+            tokens = torch.from_numpy(rng_tokens(t, len(seqs)))  # arbitrary inputs, not just the argmax
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_sentence_decodes_the_same_alone_and_in_a_padded_batch(attn: Exported, sources: list[list[int]],
+                                                               beam_size: int) -> None:
+    seqs = sorted(sources[:12], key=len)  # the shortest sit beside much longer ones
+    make = search_factory(beam_size=beam_size, length_penalty=0.6)
+    src_ids, src_lengths = pad_batch(seqs)
+    batched = translate_batch(attn.runner, src_ids, src_lengths, make)
+    for seq, hyp in zip(seqs, batched, strict=True):
+        (alone,) = translate_batch(attn.runner, *pad_batch([seq]), make)
+        assert alone.tokens == hyp.tokens
+        assert abs(alone.score - hyp.score) <= 1e-5
+        assert alone.attention is not None and hyp.attention is not None
+        assert hyp.attention.shape == alone.attention.shape == (len(hyp.tokens), len(seq))
+        np.testing.assert_allclose(alone.attention, hyp.attention, atol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_one_equals_greedy(attn: Exported, sources: list[list[int]], alpha: float) -> None:
+    greedy = decode(attn.runner, sources[:64], lambda n: GreedySearch(max_output_length(n), alpha))
+    beam = decode(attn.runner, sources[:64], lambda n: BeamSearch(1, max_output_length(n), alpha))
+    assert [h.tokens for h in beam] == [h.tokens for h in greedy]
+    assert [h.score for h in beam] == [h.score for h in greedy]
+
+
+def test_best_beam_scores_at_least_greedy(attn: Exported, sources: list[list[int]]) -> None:
+    greedy = decode(attn.runner, sources, search_factory(beam_size=1, length_penalty=0.0))
+    beam = decode(attn.runner, sources, search_factory(beam_size=4, length_penalty=0.0))
+    assert all(b.score >= g.score - 1e-6 for b, g in zip(beam, greedy, strict=True))
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_max_length_is_respected(attn: Exported, sources: list[list[int]], beam_size: int) -> None:
+    make = search_factory(beam_size=beam_size, max_len_a=0.5, max_len_b=0.0)
+    hyps = decode(attn.runner, sources[:40], make)
+    for seq, hyp in zip(sources[:40], hyps, strict=True):
+        limit = max_output_length(len(seq), 0.5, 0.0)
+        assert len(hyp.tokens) + int(hyp.finished) <= limit
+        assert hyp.finished or len(hyp.tokens) == limit
+    assert not all(h.finished for h in hyps)  # the cap did cut some short
+
+
+def test_hypotheses_end_at_eos_with_normalized_attention(attn: Exported, sources: list[list[int]]) -> None:
+    hyps = decode(attn.runner, sources[:32], search_factory(beam_size=3, length_penalty=0.6))
+    for seq, hyp in zip(sources[:32], hyps, strict=True):
+        assert EOS_ID not in hyp.tokens and BOS_ID not in hyp.tokens
+        assert hyp.finished
+        assert hyp.attention is not None and hyp.attention.shape == (len(hyp.tokens), len(seq))
+        np.testing.assert_allclose(hyp.attention.sum(axis=1), 1.0, atol=1e-5)
+        length = len(hyp.tokens) + 1
+        assert hyp.score == pytest.approx(hyp.log_prob / ((5 + length) / 6) ** 0.6)
+
+
+def test_baseline_decodes_with_beam_and_no_attention(baseline: Exported, sources: list[list[int]]) -> None:
+    hyps = decode(baseline.runner, sources[:32], search_factory(beam_size=3))
+    assert all(h.attention is None for h in hyps)
+    assert np.mean([h.tokens == s[::-1] for h, s in zip(hyps, sources[:32], strict=True)]) > 0.3
+
+
+def test_empty_batch_and_bad_lengths(attn: Exported) -> None:
+    assert translate_batch(attn.runner, np.zeros((0, 1), np.int64), np.zeros(0, np.int64), search_factory()) == []
+    with pytest.raises(ValueError, match="source length"):
+        attn.runner.encode(np.array([[5, 6]]), np.array([0]))
+
+
+def test_runner_rejects_mismatched_graphs(attn: Exported, baseline: Exported) -> None:
+    with pytest.raises(ValueError, match="states"):
+        Seq2SeqRunner(attn.runner.encoder, baseline.runner.decoder)
+
+
+# One row per variant the lead's recipes may pick; untrained models are enough for parity.
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"cell": "gru", "attention": "additive", "input_feeding": False, "enc_layers": 2, "dec_layers": 2},
+        {"cell": "lstm", "attention": "dot", "dec_hidden": 16},
+        {"cell": "lstm", "attention": "none", "input_feeding": False},
+        {"cell": "gru", "attention": "none", "input_feeding": True, "emb_dim": 24, "tie_embeddings": True},
+    ],
+    ids=["gru-additive-2l", "lstm-dot", "lstm-baseline", "gru-baseline-feed-tied"],
+)
+def test_every_variant_exports_and_decodes(tmp_path: Path, overrides: dict) -> None:
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(**{"src_vocab": 20, "tgt_vocab": 18, "emb_dim": 12, "enc_hidden": 8,
+                           "dec_hidden": 24, "dropout": 0.1, **overrides})
+    exported = export_and_load(Seq2Seq.from_config(cfg), tmp_path)
+    assert exported.model.training  # export leaves the caller's mode alone
+    assert exported.runner.state_names == cfg.state_names
+    seqs = [[5, 6, 7], [9], [4, 4, 8, 10, 11]]
+    hyps = translate_batch(exported.runner, *pad_batch(seqs), search_factory(beam_size=2, max_len_b=4))
+    assert len(hyps) == 3 and all(len(h.tokens) <= max_output_length(len(s), b=4) for h, s in zip(hyps, seqs))
+
+
+def test_export_fails_loudly_on_parity_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = Seq2SeqConfig(src_vocab=20, tgt_vocab=18, emb_dim=8, enc_hidden=4, dec_hidden=8)
+    monkeypatch.setattr(seq2seq_export, "check_parity", lambda model, out_dir: 0.25)
+    with pytest.raises(ExportParityError, match="0.25"):
+        export_seq2seq(Seq2Seq.from_config(cfg), cfg, tmp_path)

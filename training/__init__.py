@@ -1,0 +1,1 @@
+"""seqserve training."""

