@@ -93,7 +93,6 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: Seq2SeqConfig) -> None:
         super().__init__()
-        self.cell = cfg.cell
         self.embedding = nn.Embedding(cfg.src_vocab, cfg.emb_dim, padding_idx=PAD_ID)
         self.rnn = _rnn(cfg, cfg.emb_dim, cfg.enc_hidden, cfg.enc_layers, bidirectional=True)
         self.dropout = nn.Dropout(cfg.dropout)

@@ -131,7 +131,36 @@ def _cmd_quantize(a: argparse.Namespace) -> None:
     logging.getLogger("seqserve").info("wrote %s", path)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, _add_export, _add_quantize]
+def _add_serve(sub: Any) -> None:
+    from service.settings import Settings
+
+    p = sub.add_parser("serve", help="serve a model repository over HTTP (settings also from SEQSERVE_* variables)")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, dest=f"setting_{name}", metavar=name.upper(),
+                       help=f"{field.description or name} (SEQSERVE_{name.upper()}; default {field.default!r})")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(a: argparse.Namespace) -> None:
+    from service.server import serve
+    from service.settings import Settings, load_settings
+
+    overrides: dict[str, object] = {}
+    for name, field in Settings.model_fields.items():
+        value = getattr(a, f"setting_{name}")
+        if value is not None:
+            is_list = getattr(field.annotation, "__origin__", None) is list
+            overrides[name] = [v for v in value.split(",") if v] if is_list else value
+    settings = load_settings(**overrides)
+    from service.manager import ModelManager
+    from service.metrics import Metrics
+
+    ModelManager(settings, Metrics()).names()  # a missing repository or unknown model fails here, with exit 2
+    serve(settings)
+
+
+COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, _add_export, _add_quantize, _add_serve]
 
 
 def build_parser() -> Parser:

@@ -69,7 +69,9 @@ class Seq2SeqRunner:
         """src_ids (B, S) int64 padded, src_lengths (B,) int64 -> memory, keys, mask, initial states."""
         src_ids = np.asarray(src_ids, dtype=np.int64)
         src_lengths = np.asarray(src_lengths, dtype=np.int64)
-        if src_lengths.min(initial=1) < 1 or src_lengths.max(initial=0) > src_ids.shape[1]:
+        if src_ids.shape[0] == 0:  # onnxruntime crashes (not raises) on an empty packed batch
+            raise ValueError("cannot encode an empty batch")
+        if src_lengths.min() < 1 or src_lengths.max() > src_ids.shape[1]:
             raise ValueError("every source length must be between 1 and the padded width")
         names = [o.name for o in self.encoder.get_outputs()]
         arrays = self.encoder.run(None, {"src_ids": src_ids, "src_lengths": src_lengths})
@@ -92,7 +94,7 @@ class Seq2SeqRunner:
 
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT length penalty ((5 + length) / 6) ** alpha; alpha = 0 scores by the plain sum."""
-    return ((5.0 + length) / 6.0) ** alpha
+    return float(((5.0 + length) / 6.0) ** alpha)
 
 
 def max_output_length(src_len: int, a: float = 1.5, b: float = 10.0) -> int:
@@ -255,14 +257,15 @@ SearchFactory = Callable[[int], Search]  # source length -> a fresh search
 
 
 def search_factory(
-    beam_size: int = 1, length_penalty: float = 0.0, max_len_a: float = 1.5, max_len_b: float = 10.0
+    beam_size: int = 1, length_penalty: float = 0.0, max_len_a: float = 1.5, max_len_b: float = 10.0,
+    max_tokens: int = 256,
 ) -> SearchFactory:
-    """Greedy for beam_size 1, else beam search; max_len = ceil(max_len_a * src_len + max_len_b)."""
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    """Greedy for beam_size 1, else beam search; max_len = min(ceil(a * src_len + b), max_tokens)."""
+    if beam_size < 1 or max_tokens < 1:
+        raise ValueError(f"beam_size and max_tokens must be at least 1, got {beam_size} and {max_tokens}")
 
     def make(src_len: int) -> Search:
-        max_len = max_output_length(src_len, max_len_a, max_len_b)
+        max_len = min(max_output_length(src_len, max_len_a, max_len_b), max_tokens)
         if beam_size == 1:
             return GreedySearch(max_len, length_penalty)
         return BeamSearch(beam_size, max_len, length_penalty)
@@ -274,7 +277,7 @@ def advance_searches(
     searches: Sequence[Search], log_probs: np.ndarray, attention: np.ndarray | None,
     src_lengths: Sequence[int],
 ) -> np.ndarray:
-    """Hand each search its slice of one step's rows; -> the step rows the next step's rows continue."""
+    """Give each search its slice of the step; -> for every next-step row, the step row it continues."""
     follow, start = [], 0
     for search, src_len in zip(searches, src_lengths, strict=True):
         rows = slice(start, start + search.rows)
@@ -285,12 +288,21 @@ def advance_searches(
 
 
 def translate_batch(
-    runner: Seq2SeqRunner, src_ids: np.ndarray, src_lengths: np.ndarray, make_search: SearchFactory
+    runner: Seq2SeqRunner, src_ids: np.ndarray, src_lengths: np.ndarray,
+    make_search: SearchFactory | Sequence[SearchFactory],
 ) -> list[Hypothesis]:
-    """Encode the batch once, then step every unfinished search's rows together until all are done."""
+    """Encode the batch once, then step every unfinished search's rows together until all are done.
+
+    make_search is one factory for every sentence or one per sentence (requests with their own options).
+    """
     src_lengths = np.asarray(src_lengths, dtype=np.int64)
+    factories = [make_search] * len(src_lengths) if callable(make_search) else list(make_search)
+    if len(factories) != len(src_lengths):
+        raise ValueError(f"got {len(factories)} search factories for {len(src_lengths)} sentences")
+    if src_lengths.size == 0:
+        return []
     encoded = runner.encode(src_ids, src_lengths)
-    searches = [make_search(int(n)) for n in src_lengths]
+    searches = [make(int(n)) for make, n in zip(factories, src_lengths, strict=True)]
     owners = np.repeat(np.arange(len(searches)), [s.rows for s in searches])  # sentence of each row
     states = encoded.select(owners).states
     context, context_owners = encoded, None

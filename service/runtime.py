@@ -37,7 +37,7 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(path: Path, opts: SessionOptions = SessionOptions()) -> ort.InferenceSession:
+def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = opts.intra_op_threads
     so.inter_op_num_threads = 1
@@ -55,11 +55,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class ClassifierRuntime:
     """Tokenize, pad, run the ONNX classifier, softmax."""
 
-    def __init__(self, version_dir: Path, config: dict[str, Any], opts: SessionOptions = SessionOptions()):
+    def __init__(self, version_dir: Path, config: dict[str, Any], opts: SessionOptions | None = None):
         self.config = config
         self.labels: list[str] = list(config["labels"])
         self.encoder = TextEncoder.load(version_dir / config["tokenizers"]["source"], int(config["max_length"]))
-        self.session = make_session(version_dir / config["graphs"]["model"], opts)
+        self.session = make_session(version_dir / config["graphs"]["model"], opts or SessionOptions())
 
     @property
     def provider(self) -> str:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models run fastest on one thread, and a busy 2-core machine punishes oversubscription;
+# subprocesses (the CLI, servers) inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ["great", "wonderful", "moving", "superb", "delightful", "brilliant", "charming", "gripping"]

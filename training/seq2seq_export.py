@@ -78,6 +78,7 @@ def interface(cfg: Seq2SeqConfig) -> dict[str, Any]:
     attended = cfg.attention != "none"
     memory_names = ["memory", "keys"] if attended else []
     return {
+        "graphs": {"encoder": "encoder.onnx", "decoder": "decoder.onnx"},
         "encoder": {
             "file": "encoder.onnx",
             "inputs": ["src_ids", "src_lengths"],
@@ -126,8 +127,12 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 def check_parity(model: Seq2Seq, out_dir: Path, steps: int = 3, seed: int = 1) -> float:
     """Max |log_probs| difference, ONNX vs torch, over a few steps of a random padded batch."""
     spec = interface(model.cfg)
-    encoder = ort.InferenceSession(str(out_dir / spec["encoder"]["file"]), providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(out_dir / spec["decoder"]["file"]), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # a few steps on a small batch; spinning worker threads only cost
+    encoder, decoder = (
+        ort.InferenceSession(str(out_dir / spec[g]["file"]), opts, providers=["CPUExecutionProvider"])
+        for g in ("encoder", "decoder")
+    )
     src_ids, src_lengths = _example_batch(model.cfg, [4, 9, 1, 6, 9], seed)
     memory, keys, src_mask, state = model.encode(src_ids, src_lengths)
     onnx_out = dict(zip(spec["encoder"]["outputs"], encoder.run(None, {

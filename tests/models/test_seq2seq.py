@@ -39,10 +39,12 @@ VARIANTS = [
     pytest.param({"cell": "gru", "attention": "additive", "input_feeding": False}, id="gru-additive-nofeed"),
     pytest.param({"cell": "lstm", "attention": "dot"}, id="lstm-dot"),
     pytest.param({"cell": "gru", "attention": "dot"}, id="gru-dot"),
-    pytest.param({"cell": "lstm", "attention": "general", "enc_layers": 2, "dec_layers": 2}, id="lstm-general-2l"),
+    pytest.param({"cell": "lstm", "attention": "general", "enc_layers": 2, "dec_layers": 2},
+                 id="lstm-general-2l"),
     pytest.param({"cell": "gru", "attention": "general"}, id="gru-general"),
     pytest.param({"cell": "lstm", "attention": "none"}, id="lstm-baseline"),
-    pytest.param({"cell": "gru", "attention": "none", "input_feeding": False, "enc_layers": 2}, id="gru-baseline"),
+    pytest.param({"cell": "gru", "attention": "none", "input_feeding": False, "enc_layers": 2},
+                 id="gru-baseline"),
     pytest.param({"emb_dim": 16, "tie_embeddings": True}, id="tied"),
 ]
 
@@ -56,7 +58,8 @@ def test_forward_backward_every_variant(overrides: dict) -> None:
     assert logits.shape == (3, 4, V_TGT)
     tgt_out = torch.cat([tgt_in[:, 1:], torch.full((3, 1), EOS_ID)], dim=1)
     tgt_out[1, 2:] = PAD_ID
-    loss = F.cross_entropy(logits.reshape(-1, V_TGT), tgt_out.reshape(-1), ignore_index=PAD_ID, label_smoothing=0.1)
+    loss = F.cross_entropy(logits.reshape(-1, V_TGT), tgt_out.reshape(-1),
+                           ignore_index=PAD_ID, label_smoothing=0.1)
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name

@@ -74,8 +74,8 @@ def test_quantize_writes_an_int8_version_that_still_classifies(trained):
 
 def test_export_from_a_run_folder(trained):
     seqserve("export", trained / "run", "--out", trained / "reviews", "--version", "5")
-    assert ClassifierRuntime(trained / "reviews" / "5", read_config(trained / "reviews" / "5")).predict(["x"]).shape == (
-        1, 2)
+    version = trained / "reviews" / "5"
+    assert ClassifierRuntime(version, read_config(version)).predict(["x"]).shape == (1, 2)
 
 
 def test_resume_continues_from_the_last_epoch(trained, reviews_csv, tmp_path):

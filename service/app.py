@@ -1,0 +1,94 @@
+"""Assembles the FastAPI app: settings, model manager, metrics, middleware, routes, error mapping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import routes_v1, routes_v2
+from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
+from service.deps import Forbidden, Unauthorized
+from service.errors import UserError
+from service.inference import ClientGone, InvalidInput, TooLarge
+from service.manager import ModelManager, ModelNotFound, ModelNotReady
+from service.metrics import Metrics
+from service.middleware import BodyTooLarge, ServiceMiddleware
+from service.repository import RepositoryError
+from service.routes_v2 import MalformedBody, UnsupportedMedia
+from service.settings import Settings
+
+log = logging.getLogger("seqserve.app")
+
+STATUS: list[tuple[type[Exception], int]] = [
+    (MalformedBody, 400), (UnsupportedMedia, 415), (InvalidInput, 422), (TooLarge, 413), (BodyTooLarge, 413),
+    (Unauthorized, 401), (Forbidden, 403), (ModelNotFound, 404), (ModelNotReady, 503), (QueueFull, 503),
+    (ShuttingDown, 503), (DeadlineExceeded, 504), (RepositoryError, 404), (UserError, 400),
+]
+
+
+def error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None)
+    return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers)
+
+
+async def handle_known(request: Request, exc: Exception) -> Response:
+    status = next(code for cls, code in STATUS if isinstance(exc, cls))
+    headers = {"Retry-After": str(request.app.state.settings.retry_after_s)} if status == 503 else None
+    return error_response(request, status, str(exc), headers)
+
+
+async def handle_validation(request: Request, exc: RequestValidationError) -> Response:
+    first: dict[str, Any] = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    if first.get("type") == "json_invalid":
+        return error_response(request, 400, f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+    if request.headers.get("content-type", "").split(";")[0].strip() not in ("application/json", ""):
+        return error_response(request, 415, "send the body as Content-Type: application/json")
+    return error_response(request, 422, f"{where}: {first['msg']}")
+
+
+async def handle_gone(request: Request, exc: ClientGone) -> Response:
+    return error_response(request, 499, "client closed the request")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    manager = ModelManager(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await manager.load_all()
+        app.state.started = True
+        log.info("ready: %s", ", ".join(f"{m.name} v{m.version}" for m in manager.models.values()) or "no models")
+        yield
+        app.state.started = False
+        await manager.close()
+
+    app = FastAPI(title="seqserve", version=routes_v2.SERVER_VERSION, lifespan=lifespan,
+                  description="Recurrent NLP models (classification, translation) on ONNX Runtime. "
+                              "REST under /v1, Open Inference Protocol v2 under /v2, metrics at /metrics.")
+    app.state.settings, app.state.metrics, app.state.manager, app.state.started = settings, metrics, manager, False
+    app.include_router(routes_v1.router)
+    app.include_router(routes_v2.router)
+    for cls, _ in STATUS:
+        app.add_exception_handler(cls, handle_known)
+    app.add_exception_handler(RequestValidationError, handle_validation)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientGone, handle_gone)  # type: ignore[arg-type]
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,67 @@
+"""FastAPI dependencies: the app's state objects and the API-key checks."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import UserError
+from service.manager import ModelManager
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+class Unauthorized(UserError):
+    """401: a key is configured and the request did not present it."""
+
+
+class Forbidden(UserError):
+    """403: the endpoint is disabled by configuration."""
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_manager(request: Request) -> ModelManager:
+    manager: ModelManager = request.app.state.manager
+    return manager
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+def _presented_key(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "")
+
+
+def _check_key(request: Request, expected: str) -> None:
+    if not hmac.compare_digest(_presented_key(request).encode(), expected.encode()):
+        raise Unauthorized("missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
+
+
+def require_inference_key(request: Request) -> None:
+    key = get_settings(request).api_key
+    if key:
+        _check_key(request, key)
+
+
+def require_control_key(request: Request) -> None:
+    settings = get_settings(request)
+    if not settings.model_control_enabled:
+        raise Forbidden("model control is disabled; set SEQSERVE_CONTROL_API_KEY or SEQSERVE_ENABLE_MODEL_CONTROL")
+    if settings.control_api_key:
+        _check_key(request, settings.control_api_key)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

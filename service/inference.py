@@ -1,0 +1,108 @@
+"""The one request path every inference endpoint shares: validate -> encode -> queue -> await -> results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fastapi import Request
+
+from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
+from service.errors import UserError
+from service.metrics import Metrics
+from service.served import ServedModel
+from service.settings import Settings
+
+log = logging.getLogger("seqserve.inference")
+
+
+class InvalidInput(UserError):
+    """422: the request is well-formed but its content is not acceptable."""
+
+
+class TooLarge(UserError):
+    """413: the request exceeds a configured limit (the message names it)."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready; its work was dropped."""
+
+
+def check_texts(texts: Sequence[Any], settings: Settings) -> list[str]:
+    """Empty or whitespace-only texts are refused with 422 (they carry nothing to classify or translate)."""
+    if len(texts) > settings.max_texts_per_request:
+        raise TooLarge(f"{len(texts)} texts in one request exceeds max_texts_per_request="
+                       f"{settings.max_texts_per_request}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidInput(f"texts[{i}] must be a string")
+        if len(text) > settings.max_chars_per_text:
+            raise TooLarge(f"texts[{i}] has {len(text)} characters; max_chars_per_text={settings.max_chars_per_text}")
+        if not text.strip():
+            raise InvalidInput(f"texts[{i}] is empty or whitespace only")
+        if "\x00" in text:
+            raise InvalidInput(f"texts[{i}] contains a NUL character")
+    return list(texts)
+
+
+def deadline_from(request: Request, settings: Settings, timeout_s: float | None = None) -> float | None:
+    """An absolute monotonic deadline from X-Timeout-Ms, a v2 `timeout` parameter or the default."""
+    header = request.headers.get("x-timeout-ms")
+    if header is not None:
+        try:
+            timeout_s = float(header) / 1000
+        except ValueError:
+            raise InvalidInput(f"X-Timeout-Ms must be a number of milliseconds, got {header!r}") from None
+    if timeout_s is None and settings.default_timeout_s > 0:
+        timeout_s = settings.default_timeout_s
+    if timeout_s is None:
+        return None
+    if timeout_s <= 0:
+        raise InvalidInput("the timeout must be positive")
+    return time.monotonic() + timeout_s
+
+
+async def run_texts(request: Request, model: ServedModel, texts: Sequence[str], metrics: Metrics,
+                    deadline: float | None, payload: Callable[[list[int]], Any] = lambda ids: ids) -> list[Any]:
+    """Queue one item per text (all or none), wait for all, and drop the work if the client leaves."""
+    request.state.model = model.name
+    seqs = model.encode(texts)
+    metrics.tokens.labels(model.name, "input").inc(sum(len(s) for s in seqs))
+    try:
+        futures = model.queue.submit([payload(s) for s in seqs], [len(s) for s in seqs], deadline)
+    except QueueFull:
+        metrics.rejections.labels(model.name, "queue_full").inc()
+        raise
+    except ShuttingDown:
+        metrics.rejections.labels(model.name, "shutting_down").inc()
+        raise
+    return await wait_or_disconnect(request, futures)
+
+
+async def wait_or_disconnect(request: Request, futures: list[asyncio.Future[Any]]) -> list[Any]:
+    gathered: asyncio.Future[list[Any]] = asyncio.gather(*futures)
+    watcher: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait([gathered, watcher], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if gathered in done:
+        return list(gathered.result())
+    for f in futures:
+        f.cancel()  # the batcher drops cancelled items before compute and counts them
+    gathered.cancel()
+    raise ClientGone()
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+__all__ = ["ClientGone", "DeadlineExceeded", "InvalidInput", "QueueFull", "TooLarge", "check_texts",
+           "deadline_from", "run_texts"]

@@ -1,0 +1,69 @@
+"""Service configuration: one validated `Settings`, from SEQSERVE_* environment variables and CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.errors import UserError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEQSERVE_", extra="forbid", protected_namespaces=())
+
+    model_repository: Path = Path("model_repository")
+    models: list[str] = Field(default_factory=list, description="subset of models to load (default: all)")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: onnxruntime decides)")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
+    max_queue_size: int = Field(1024, ge=1, description="texts waiting per model before 503")
+    retry_after_s: int = Field(1, ge=1)
+    default_timeout_s: float = Field(0, ge=0, description="per-request deadline when none is given (0: none)")
+
+    scheduler: Literal["static", "none"] = "static"
+    max_active_rows: int = Field(256, ge=1, description="decoder rows in flight per translator")
+    max_active_source_tokens: int = Field(16_384, ge=1, description="source tokens in flight per translator")
+    default_beam_size: int = Field(4, ge=1)
+    max_beam_size: int = Field(16, ge=1)
+    max_output_tokens: int = Field(256, ge=1)
+
+    max_texts_per_request: int = Field(256, ge=1)
+    max_chars_per_text: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    drain_timeout_s: float = Field(30.0, ge=0, description="bound on finishing in-flight work at shutdown")
+    api_key: str | None = Field(None, description="required for inference endpoints when set")
+    control_api_key: str | None = Field(None, description="required for model control; enables it")
+    enable_model_control: bool = Field(False, description="allow load/unload without a control key")
+    cors_origins: list[str] = Field(default_factory=list)
+    log_texts: bool = Field(False, description="debug: include request texts in logs")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _beams(self) -> Settings:
+        if self.default_beam_size > self.max_beam_size:
+            raise ValueError("default_beam_size must not exceed max_beam_size")
+        return self
+
+    @property
+    def model_control_enabled(self) -> bool:
+        return self.enable_model_control or bool(self.control_api_key)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment plus explicit overrides; a bad value names the setting."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise UserError(f"invalid setting {name} (SEQSERVE_{name.upper()}): {first['msg']}") from None

@@ -1,0 +1,132 @@
+"""Real servers on loopback: uvicorn in a thread (for fault injection) or a `seqserve serve` process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import synthetic_reviews, write_csv
+from training.classify import ClassifierJob, LabelledData, train_classifier
+from training.loop import TrainConfig
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 90.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def classifier_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny classifier trained in seconds, as a model version folder (reused by copying)."""
+    root = tmp_path_factory.mktemp("classifier")
+    data = write_csv(root / "reviews.csv", synthetic_reviews(600, seed=1))
+    job = ClassifierJob(data=LabelledData(str(data)), out=root / "repo" / "reviews", work_dir=root / "run",
+                        model={"emb_dim": 16, "hidden": 16}, vocab_size=300,
+                        train=TrainConfig(epochs=4, batch_size=16, lr=0.01, seed=7))
+    path = train_classifier(job)
+    assert path is not None
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path, classifier_version: Path) -> Path:
+    """A fresh model repository per test: reviews/1 (a classifier)."""
+    root = tmp_path / "model_repository"
+    shutil.copytree(classifier_version, root / "reviews" / "1")
+    return root
+
+
+class ThreadServer:
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        self.url = f"http://127.0.0.1:{settings.port}"
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on",
+                                timeout_graceful_shutdown=10)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def manager(self):  # type: ignore[no-untyped-def]
+        return self.app.state.manager
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        wait_ready(self.url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture
+def make_server(repo: Path) -> Iterator[object]:
+    """Start an in-process server with settings overrides; stopped at teardown."""
+    started: list[ThreadServer] = []
+
+    def start(**overrides: object) -> ThreadServer:
+        settings = Settings(model_repository=overrides.pop("model_repository", repo), port=free_port(),
+                            **overrides)  # type: ignore[arg-type]
+        server = ThreadServer(settings).__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__()
+
+
+class ProcessServer:
+    """`seqserve serve` as a child process; always stopped by its PID."""
+
+    def __init__(self, repo: Path, log_path: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, **{f"SEQSERVE_{k.upper()}": v for k, v in env.items()}}
+        self.log = log_path.open("wb")
+        self.proc = subprocess.Popen([str(BIN / "seqserve"), "serve", "--model-repository", str(repo),
+                                      "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=full_env)
+        wait_ready(self.url, proc=self.proc)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+        return int(self.proc.returncode)

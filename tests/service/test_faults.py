@@ -1,0 +1,153 @@
+"""Overload, deadlines, failures, disconnects, hot reload and SIGTERM, with faults injected into a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.service.conftest import ProcessServer
+from tests.service.test_api import NEGATIVE, POSITIVE, burst, classify, metric
+
+
+def slow(model, seconds: float, calls: list[int] | None = None):  # type: ignore[no-untyped-def]
+    """Wrap a served model's compute so a batch takes at least `seconds` (and record batch sizes)."""
+    original = model.queue.run
+
+    def run(payloads):  # type: ignore[no-untyped-def]
+        if calls is not None:
+            calls.append(len(payloads))
+        time.sleep(seconds)
+        return original(payloads)
+
+    model.queue.run = run
+    return original
+
+
+def test_full_queue_gets_503_with_retry_after_and_accepted_requests_finish(make_server):
+    server = make_server(max_queue_size=4, max_batch_size=2, retry_after_s=2)
+    slow(server.manager.models["reviews"], 0.3)
+    responses = asyncio.run(burst(server.url, [POSITIVE] * 24, concurrency=24))
+    codes = [r.status_code for r in responses]
+    assert set(codes) == {200, 503}
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "2" and "queue is full" in r.json()["error"]
+        else:
+            assert r.json()["results"][0]["label"] == "pos"
+    scrape = httpx.get(f"{server.url}/metrics").text
+    assert metric(scrape, "seqserve_rejections_total", model="reviews", reason="queue_full") == codes.count(503)
+
+
+def test_expired_deadline_gets_504_and_its_work_is_skipped(make_server):
+    server = make_server(max_batch_size=8)
+    calls: list[int] = []
+    slow(server.manager.models["reviews"], 0.6, calls)
+    first = threading.Thread(target=classify, args=(server.url, [POSITIVE]))
+    first.start()
+    time.sleep(0.2)  # the first batch is computing; the next request waits in the queue
+    late = httpx.post(f"{server.url}/v1/classify", json={"texts": [NEGATIVE, NEGATIVE]},
+                      headers={"X-Timeout-Ms": "100"}, timeout=30)
+    first.join()
+    assert late.status_code == 504 and "work skipped" in late.json()["error"]
+    assert calls == [1]  # the expired texts never reached the model
+    v2 = httpx.post(f"{server.url}/v2/models/reviews/infer", json={
+        "parameters": {"timeout": -5}, "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]})
+    assert v2.status_code == 422
+
+
+def test_a_failing_batch_fails_its_requests_with_500_and_the_batcher_goes_on(make_server):
+    server = make_server(max_queue_delay_ms=50)
+    model = server.manager.models["reviews"]
+    original = model.queue.run
+
+    def broken(payloads):  # type: ignore[no-untyped-def]
+        raise RuntimeError("injected fault")
+
+    model.queue.run = broken
+    responses = asyncio.run(burst(server.url, [POSITIVE, NEGATIVE, POSITIVE], concurrency=3))
+    for r in responses:
+        assert r.status_code == 500 and r.json()["request_id"] == r.headers["x-request-id"]
+    model.queue.run = original
+    assert classify(server.url, [POSITIVE]).json()["results"][0]["label"] == "pos"
+
+
+def test_a_client_that_disconnects_has_its_work_dropped(make_server):
+    server = make_server(max_batch_size=8)
+    calls: list[int] = []
+    slow(server.manager.models["reviews"], 0.8, calls)
+    first = threading.Thread(target=classify, args=(server.url, [POSITIVE]))
+    first.start()
+    time.sleep(0.2)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/classify", json={"texts": [NEGATIVE] * 3}, timeout=0.2)
+    first.join()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        scrape = httpx.get(f"{server.url}/metrics").text
+        if metric(scrape, "seqserve_rejections_total", reason="client_gone") >= 3:
+            break
+        time.sleep(0.1)
+    assert metric(scrape, "seqserve_rejections_total", reason="client_gone") == 3
+    assert metric(scrape, "seqserve_queue_depth", model="reviews") == 0
+    assert calls == [1]
+
+
+def test_hot_reload_during_a_burst_loses_nothing(make_server, repo):
+    server = make_server(enable_model_control=True)
+    shutil.copytree(repo / "reviews" / "1", repo / "reviews" / "2")
+
+    async def scenario() -> tuple[list[httpx.Response], httpx.Response]:
+        load = asyncio.create_task(asyncio.sleep(0.3))
+        traffic = asyncio.create_task(burst(server.url, [POSITIVE, NEGATIVE] * 150, concurrency=16))
+        await load
+        async with httpx.AsyncClient(timeout=60) as client:
+            loaded = await client.post(f"{server.url}/v2/repository/models/reviews/load")
+        return await traffic, loaded
+
+    responses, loaded = asyncio.run(scenario())
+    assert loaded.status_code == 200 and loaded.json()["version"] == "2"
+    assert all(r.status_code == 200 for r in responses)
+    assert {r.json()["version"] for r in responses} <= {1, 2}
+    assert [r.json()["results"][0]["label"] for r in responses] == ["pos", "neg"] * 150
+    assert httpx.get(f"{server.url}/v2/models/reviews").json()["versions"] == ["2"]
+    index = httpx.post(f"{server.url}/v2/repository/index").json()
+    assert {(m["version"], m["state"]) for m in index} == {("1", "UNAVAILABLE"), ("2", "READY")}
+    assert httpx.post(f"{server.url}/v2/repository/models/reviews/unload").status_code == 200
+    assert httpx.post(f"{server.url}/v1/classify", json={"texts": ["a"]}).status_code == 404
+    assert httpx.post(f"{server.url}/v2/repository/models/reviews/load").status_code == 200
+
+
+def test_sigterm_during_a_burst_answers_every_accepted_request(repo, tmp_path):
+    server = ProcessServer(repo, tmp_path / "server.log", log_level="debug", max_queue_delay_ms="5")
+    results: list[httpx.Response | Exception] = []
+
+    async def scenario() -> None:
+        async def one(client: httpx.AsyncClient, text: str) -> None:
+            try:
+                results.append(await client.post(f"{server.url}/v1/classify", json={"texts": [text]}))
+            except httpx.HTTPError as exc:  # refused after shutdown began: never accepted
+                results.append(exc)
+
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            tasks = [asyncio.create_task(one(client, t)) for t in [POSITIVE, NEGATIVE] * 300]
+            while sum(isinstance(r, httpx.Response) for r in results) < 50:
+                await asyncio.sleep(0.01)
+            server.proc.send_signal(15)
+            await asyncio.gather(*tasks)
+
+    asyncio.run(scenario())
+    assert server.stop() == 0
+    answered = [r for r in results if isinstance(r, httpx.Response)]
+    assert all(r.status_code == 200 for r in answered)
+    log = (tmp_path / "server.log").read_text()
+    handled = re.findall(r"POST /v1/classify (\d+)", log)
+    assert handled and set(handled) == {"200"}  # nothing the server took in ended in an error
+    assert len(handled) == len(answered)  # and every one of them reached its client
+    assert "Application shutdown complete" in log
