@@ -37,6 +37,7 @@ class Seq2SeqConfig:
     input_feeding: bool = True
     dropout: float = 0.2
     tie_embeddings: bool = False
+    share_embeddings: bool = False  # one embedding for source and target (needs a shared vocabulary)
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -49,6 +50,8 @@ class Seq2SeqConfig:
         if self.tie_embeddings and self.emb_dim != self.dec_hidden:
             raise ValueError(f"tie_embeddings needs emb_dim == dec_hidden, got {self.emb_dim} "
                              f"and {self.dec_hidden}")
+        if self.share_embeddings and self.src_vocab != self.tgt_vocab:
+            raise ValueError("share_embeddings needs one vocabulary for source and target")
         for name in ("src_vocab", "tgt_vocab"):
             if getattr(self, name) <= EOS_ID:
                 raise ValueError(f"{name} must leave room for the special ids 0..{EOS_ID}")
@@ -225,7 +228,12 @@ class Seq2Seq(nn.Module):
         attention = None
         if cfg.attention != "none":
             attention = Attention(cfg.attention, cfg.dec_hidden, cfg.memory_dim)
-        return cls(Encoder(cfg), Decoder(cfg, attention), cfg)
+        encoder, decoder = Encoder(cfg), Decoder(cfg, attention)
+        if cfg.share_embeddings:
+            decoder.embedding.weight = encoder.embedding.weight
+            if cfg.tie_embeddings:
+                decoder.out.weight = encoder.embedding.weight
+        return cls(encoder, decoder, cfg)
 
     def encode(self, src_ids: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor | None, Tensor, State]:
         """-> memory (B, S, M), keys (B, S, K) or None without attention, src_mask (B, S), decoder state."""

@@ -59,6 +59,28 @@ def _add_train(sub: Any) -> None:
     clf.add_argument("--no-lowercase", action="store_true", help="keep case in the tokenizer")
     _train_options(clf)
     clf.set_defaults(func=_cmd_train_classifier)
+    tr = kinds.add_parser("translator", help="Seq2Seq translator with attention")
+    tr.add_argument("--data", required=True,
+                    help="recipe (multi30k), a TSV/CSV/JSONL of pairs, or the source-side text file")
+    tr.add_argument("--target-data", help="target-side text file aligned line by line with --data")
+    tr.add_argument("--pair", default="en-de", help="language pair for multi30k: two of en, de, fr")
+    tr.add_argument("--data-dir", help="local Multi30k copy (default $SEQSERVE_MULTI30K_DIR or ../shared)")
+    tr.add_argument("--src-field", default="0", help="column name, or index for files without header")
+    tr.add_argument("--tgt-field", default="1")
+    tr.add_argument("--max-words", type=int, default=80, help="drop training pairs longer than this")
+    tr.add_argument("--max-ratio", type=float, default=3.0, help="drop training pairs with a larger length ratio")
+    tr.add_argument("--attention", choices=["additive", "dot", "general", "none"], default="general")
+    tr.add_argument("--no-input-feeding", action="store_true")
+    tr.add_argument("--dec-hidden", type=int, default=256)
+    tr.add_argument("--dec-layers", type=int, default=1)
+    tr.add_argument("--tie-embeddings", action="store_true", help="share target embedding and output layer")
+    tr.add_argument("--separate-vocab", action="store_true", help="a tokenizer per side (default: one shared)")
+    tr.add_argument("--share-embeddings", action="store_true",
+                    help="one embedding for source and target (with the shared vocabulary)")
+    tr.add_argument("--label-smoothing", type=float, default=0.1)
+    tr.add_argument("--teacher-forcing", type=float, default=1.0, help="probability of feeding the gold token")
+    _train_options(tr)
+    tr.set_defaults(func=_cmd_train_translator, max_length=128)
 
 
 def _train_config(a: argparse.Namespace) -> Any:
@@ -84,6 +106,26 @@ def _cmd_train_classifier(a: argparse.Namespace) -> None:
         logging.getLogger("seqserve").info("wrote %s", path)
 
 
+def _cmd_train_translator(a: argparse.Namespace) -> None:
+    from training.translate import ParallelData, TranslatorJob, train_translator
+
+    data = ParallelData(a.data, a.target_data, a.pair, a.data_dir, a.src_field, a.tgt_field, seed=a.seed,
+                        max_words=a.max_words, max_ratio=a.max_ratio)
+    if a.cell == "rnn":
+        raise UserError("translators use --cell lstm or --cell gru")
+    model = {"cell": a.cell, "emb_dim": a.emb_dim, "enc_hidden": a.hidden,
+             "enc_layers": a.layers, "dec_hidden": a.dec_hidden, "dec_layers": a.dec_layers,
+             "attention": a.attention, "input_feeding": not a.no_input_feeding, "dropout": a.dropout,
+             "tie_embeddings": a.tie_embeddings, "share_embeddings": a.share_embeddings}
+    job = TranslatorJob(data=data, out=a.out, model=model, train=_train_config(a), vocab_size=a.vocab_size,
+                        shared_vocab=not a.separate_vocab, max_length=a.max_length,
+                        label_smoothing=a.label_smoothing, teacher_forcing=a.teacher_forcing,
+                        version=a.version, work_dir=a.work_dir, resume=a.resume)
+    path = train_translator(job)
+    if path is not None:
+        logging.getLogger("seqserve").info("wrote %s", path)
+
+
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model version's ONNX graph(s); figures go to metrics.json")
     p.add_argument("model_dir", type=Path, help="model_repository/NAME[/VERSION] (latest version if omitted)")
@@ -91,6 +133,11 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--split", default="test", help="test, valid or train of a recipe/split; ignored for files")
     p.add_argument("--text-field", default="text")
     p.add_argument("--label-field", default="label")
+    p.add_argument("--target-data", help="translators: target-side file aligned with --data")
+    p.add_argument("--pair", help="translators: language pair for multi30k")
+    p.add_argument("--beam-size", type=int, help="translators: beam size (default 5)")
+    p.add_argument("--plot-attention", type=int, default=0, metavar="N",
+                   help="translators: write N attention heatmaps (PNG) to MODEL_DIR/attention/")
     p.set_defaults(func=_cmd_evaluate)
 
 

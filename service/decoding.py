@@ -114,6 +114,10 @@ class Search(Protocol):
 
     def advance(self, log_probs: np.ndarray, attention: np.ndarray | None) -> np.ndarray: ...
 
+    def certain(self) -> list[int]:
+        """The tokens every possible final answer starts with (what a stream may send already)."""
+        ...
+
     def result(self) -> Hypothesis: ...
 
 
@@ -158,6 +162,9 @@ class GreedySearch:
                 self._attention.append(attention[0])
             self.done = len(self._tokens) >= self.max_len
         return np.zeros(self.rows, dtype=np.int64)
+
+    def certain(self) -> list[int]:
+        return list(self._tokens)
 
     def result(self) -> Hypothesis:
         length = len(self._tokens) + int(self._finished)
@@ -246,6 +253,18 @@ class BeamSearch:
         worst_kept = sorted((h.score for h in self._finished), reverse=True)[self.beam_size - 1]
         best_live = max(b.log_prob for b in self._beams) / length_penalty(self._steps, self.alpha)
         return best_live <= worst_kept
+
+    def certain(self) -> list[int]:
+        if self.done:
+            return self.result().tokens
+        candidates = [b.tokens for b in self._beams] + [h.tokens for h in self._finished]
+        prefix = candidates[0]
+        for tokens in candidates[1:]:
+            n = 0
+            while n < min(len(prefix), len(tokens)) and prefix[n] == tokens[n]:
+                n += 1
+            prefix = prefix[:n]
+        return list(prefix)
 
     def result(self) -> Hypothesis:
         if not self._finished:

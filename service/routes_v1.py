@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
 
 from service.deps import ManagerDep, MetricsDep, SettingsDep, require_inference_key
 from service.inference import InvalidInput, check_texts, deadline_from, run_texts
-from service.schemas import ClassifyRequest, ClassifyResponse, ErrorBody, TranslateRequest, TranslateResponse
+from service.metrics import Metrics
+from service.scheduler import ContinuousScheduler
+from service.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ErrorBody,
+    TranslateRequest,
+    TranslateResponse,
+    TranslateStreamRequest,
+)
 from service.served import TranslateItem
 from service.settings import Settings
 from service.translator import DecodeOptions, Translation
@@ -34,7 +47,7 @@ async def classify(body: ClassifyRequest, request: Request, manager: ManagerDep,
     return {"model": model.name, "version": model.version, "results": results}
 
 
-def decode_options(body: TranslateRequest, settings: Settings) -> DecodeOptions:
+def decode_options(body: TranslateRequest | TranslateStreamRequest, settings: Settings) -> DecodeOptions:
     beam = body.beam_size if body.beam_size is not None else settings.default_beam_size
     if beam > settings.max_beam_size:
         raise InvalidInput(f"beam_size {beam} exceeds max_beam_size={settings.max_beam_size}")
@@ -69,3 +82,79 @@ async def translate(body: TranslateRequest, request: Request, manager: ManagerDe
     metrics.tokens.labels(model.name, "output").inc(sum(len(t.target_ids) for t in results))
     return {"model": model.name, "version": model.version,
             "results": [translation_result(t, body.return_attention) for t in results]}
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+@router.post("/translate/stream", summary="Translate one text, streaming tokens as Server-Sent Events",
+             response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {"example": (
+                 'event: token\ndata: {"index": 0, "token_id": 412, "text": "Zwei"}\n\n'
+                 'event: done\ndata: {"translation": "Zwei Hunde spielen im Schnee.", "score": -0.4}\n\n')}}}})
+async def translate_stream(body: TranslateStreamRequest, request: Request, manager: ManagerDep,
+                           settings: SettingsDep, metrics: MetricsDep) -> StreamingResponse:
+    """`token` events carry certain tokens as decoded (greedy: each step; beam: once every candidate agrees);
+    a final `done` event carries the full result, or an `error` event says what failed."""
+    model = manager.get(body.model, kind="translator")
+    request.state.model = model.name
+    text = check_texts([body.text], settings)[0]
+    options = decode_options(body, settings)
+    ids = model.encode([text])[0]
+    metrics.tokens.labels(model.name, "input").inc(len(ids))
+    updates: asyncio.Queue[list[int]] = asyncio.Queue()
+    deadline = deadline_from(request, settings)
+    queue = model.queue
+    if isinstance(queue, ContinuousScheduler):
+        (future,) = queue.submit([TranslateItem(ids, options)], [len(ids)], deadline, on_tokens=updates.put_nowait)
+    else:  # static batching or none: the tokens arrive together at the end
+        (future,) = queue.submit([TranslateItem(ids, options)], [len(ids)], deadline)
+    return StreamingResponse(_events(model, future, updates, metrics), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class TokenStream:
+    """Turns growing lists of certain target ids into one `token` event per new token."""
+
+    def __init__(self, target: Any) -> None:
+        self.target, self.sent, self.shown = target, 0, ""
+
+    def events(self, tokens: list[int]) -> list[bytes]:
+        out = []
+        for index in range(self.sent, len(tokens)):
+            text = self.target.decode(tokens[: index + 1])
+            complete = text.startswith(self.shown) and not text.endswith("\ufffd")  # hold back split UTF-8
+            delta = text[len(self.shown):] if complete else ""
+            self.shown += delta
+            out.append(sse("token", {"index": index, "token_id": tokens[index], "text": delta}))
+        self.sent = max(self.sent, len(tokens))
+        return out
+
+
+async def _events(model: Any, future: asyncio.Future[Translation], updates: asyncio.Queue[list[int]],
+                  metrics: Metrics) -> AsyncIterator[bytes]:
+    stream = TokenStream(model.runtime.target)
+    try:
+        while not future.done() or not updates.empty():
+            getter: asyncio.Future[list[int]] = asyncio.ensure_future(updates.get())
+            waiting: list[asyncio.Future[Any]] = [getter, future]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            for event in stream.events(getter.result()):
+                yield event
+        try:
+            result = future.result()
+        except Exception as exc:  # deadline, shutdown or a failed step: say so in the stream
+            yield sse("error", {"error": str(exc) or type(exc).__name__})
+            return
+        for event in stream.events(result.target_ids):
+            yield event
+        metrics.tokens.labels(model.name, "output").inc(len(result.target_ids))
+        yield sse("done", {"model": model.name, "version": model.version, "translation": result.text,
+                           "score": result.score, "target_tokens": result.target_tokens})
+    finally:
+        if not future.done():
+            future.cancel()  # the client left: the scheduler frees its rows at the next iteration

@@ -42,6 +42,17 @@ class TranslateRequest(BaseModel):
     return_attention: bool = False
 
 
+class TranslateStreamRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"model": "en-de", "text": "Two dogs play in the snow.", "beam_size": 1}]})
+
+    model: str | None = Field(None, description="model name; optional when one translator is loaded")
+    text: str = Field(..., description="one text; tokens arrive as Server-Sent Events")
+    beam_size: int | None = Field(None, ge=1, description="1 streams token by token; a beam streams once certain")
+    max_length: int | None = Field(None, ge=1)
+    length_penalty: float | None = Field(None, ge=0.0, le=5.0)
+
+
 class TranslateResult(BaseModel):
     translation: str
     score: float

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=1)
     default_timeout_s: float = Field(0, ge=0, description="per-request deadline when none is given (0: none)")
 
-    scheduler: Literal["static", "none"] = "static"
+    scheduler: Literal["continuous", "static", "none"] = "continuous"
     max_active_rows: int = Field(256, ge=1, description="decoder rows in flight per translator")
     max_active_source_tokens: int = Field(16_384, ge=1, description="source tokens in flight per translator")
     default_beam_size: int = Field(4, ge=1)

@@ -44,3 +44,23 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] =
 @pytest.fixture(scope="session")
 def reviews_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_csv(tmp_path_factory.mktemp("data") / "reviews.csv", synthetic_reviews(600, seed=1))
+
+
+NUMBERS = {"zero": "null", "one": "eins", "two": "zwei", "three": "drei", "four": "vier", "five": "fünf",
+           "six": "sechs", "seven": "sieben", "eight": "acht", "nine": "neun"}
+
+
+def synthetic_pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    """A toy translation task (English number words to German, word by word) that a tiny model learns."""
+    rng = random.Random(seed)
+    words = list(NUMBERS)
+    pairs = []
+    for _ in range(n):
+        src = rng.choices(words, k=rng.randint(2, 7))
+        pairs.append((" ".join(src), " ".join(NUMBERS[w] for w in src)))
+    return pairs
+
+
+def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
+    return path

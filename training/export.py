@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_model
 from torch import nn
 
 from models.classifier import ClassifierConfig, RNNClassifier
@@ -88,11 +88,25 @@ def export_run(work_dir: Path, out: Path, version: int | None, sample_texts: Seq
 def _export_classifier_run(spec: dict[str, Any], work_dir: Path, writer: VersionWriter,
                            sample_texts: Sequence[str]) -> dict[str, Any]:
     model = RNNClassifier(ClassifierConfig.from_dict(spec["model"]))
-    model.load_state_dict(load_file(str(work_dir / "best.safetensors")))
+    load_model(model, str(work_dir / "best.safetensors"))
     writer.copy(work_dir / "tokenizer.json", "tokenizer.json")
     encoder = TextEncoder.load(work_dir / "tokenizer.json", int(spec["max_length"]))
     interface = export_classifier(model.eval(), writer.path / "model.onnx", sample_ids(encoder, sample_texts))
     return {"graphs": {"model": "model.onnx"}, "tokenizers": {"source": "tokenizer.json"}, **interface}
 
 
-EXPORTERS = {"classifier": _export_classifier_run}
+def _export_translator_run(spec: dict[str, Any], work_dir: Path, writer: VersionWriter,
+                           sample_texts: Sequence[str]) -> dict[str, Any]:
+    from models.seq2seq import Seq2Seq, Seq2SeqConfig
+    from training.seq2seq_export import export_seq2seq
+
+    cfg = Seq2SeqConfig.from_dict(spec["model"])
+    model = Seq2Seq.from_config(cfg)
+    load_model(model, str(work_dir / "best.safetensors"))
+    writer.copy(work_dir / "source_tokenizer.json", "source_tokenizer.json")
+    writer.copy(work_dir / "target_tokenizer.json", "target_tokenizer.json")
+    interface = export_seq2seq(model.eval(), cfg, writer.path)
+    return {**interface, "tokenizers": {"source": "source_tokenizer.json", "target": "target_tokenizer.json"}}
+
+
+EXPORTERS = {"classifier": _export_classifier_run, "translator": _export_translator_run}

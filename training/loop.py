@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -30,6 +30,7 @@ from service.errors import UserError
 log = logging.getLogger("seqserve.train")
 
 Batch = dict[str, Tensor]
+LOG_EVERY_S = 30.0
 
 
 @dataclass
@@ -157,15 +158,14 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dis
                  " (best)" if improved else "")
         if env.main:
             if improved:
-                save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                          str(work_dir / "best.safetensors"))
+                save_model(model, str(work_dir / "best.safetensors"))  # handles tied weights
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "history": asdict(history)}, state_path)
             plot_history(history, work_dir / "curves.png")
         env.barrier()
         if cfg.max_steps and steps >= cfg.max_steps:
             break
-    model.load_state_dict(load_file(str(work_dir / "best.safetensors"), device=str(device)))
+    load_model(model, str(work_dir / "best.safetensors"), device=str(device))
     return history
 
 
@@ -176,7 +176,7 @@ def _train_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer,
     batches = batches[env.rank: len(batches) // env.world * env.world: env.world]  # equal count per rank
     model.train()
     total_loss, total_units, norms, steps = 0.0, 0, [], 0
-    start = time.perf_counter()
+    start = last_log = time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}", disable=not env.main or None, leave=False)
     for batch in bar:
         loss, units = task.step(model, batch)
@@ -190,6 +190,10 @@ def _train_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer,
         steps += 1
         rate = total_units * env.world / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{loss.item():.3f}", grad_norm=f"{norm:.2f}", **{f"{task.unit}/s": f"{rate:.0f}"})
+        if env.main and bar.disable and time.perf_counter() - last_log > LOG_EVERY_S:  # no bar: log instead
+            last_log = time.perf_counter()
+            log.info("epoch %d step %d/%d loss %.4f grad_norm %.2f %s/s %.0f", epoch + 1, steps, len(batches),
+                     loss.item(), norm, task.unit, rate)
         if cfg.max_steps and steps_before + steps >= cfg.max_steps:
             break
     elapsed = time.perf_counter() - start

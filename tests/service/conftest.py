@@ -19,9 +19,10 @@ import uvicorn
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import synthetic_reviews, write_csv
+from tests.conftest import synthetic_pairs, synthetic_reviews, write_csv, write_tsv
 from training.classify import ClassifierJob, LabelledData, train_classifier
 from training.loop import TrainConfig
+from training.translate import ParallelData, TranslatorJob, train_translator
 
 BIN = Path(sys.executable).parent
 
@@ -59,11 +60,26 @@ def classifier_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def translator_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny translator (number words en -> de) trained in seconds, as a model version folder."""
+    root = tmp_path_factory.mktemp("translator")
+    data = write_tsv(root / "pairs.tsv", synthetic_pairs(1500, seed=3))
+    job = TranslatorJob(data=ParallelData(str(data), valid_fraction=0.05, test_fraction=0.05),
+                        out=root / "repo" / "numbers", work_dir=root / "run", vocab_size=300,
+                        model={"emb_dim": 32, "enc_hidden": 32, "dec_hidden": 64, "dropout": 0.1},
+                        train=TrainConfig(epochs=6, batch_size=32, lr=0.01, seed=5), valid_bleu_sentences=50)
+    path = train_translator(job)
+    assert path is not None
+    return path
+
+
 @pytest.fixture
-def repo(tmp_path: Path, classifier_version: Path) -> Path:
-    """A fresh model repository per test: reviews/1 (a classifier)."""
+def repo(tmp_path: Path, classifier_version: Path, translator_version: Path) -> Path:
+    """A fresh model repository per test: reviews/1 (a classifier) and numbers/1 (a translator)."""
     root = tmp_path / "model_repository"
     shutil.copytree(classifier_version, root / "reviews" / "1")
+    shutil.copytree(translator_version, root / "numbers" / "1")
     return root
 
 

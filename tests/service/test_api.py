@@ -96,7 +96,7 @@ def test_tritonclient_metadata_ready_and_infer(make_server):
          "max_body_bytes"),
         ("/v1/classify", {"content": b"\x1f\x8b", "headers": {"content-type": "application/json",
                                                               "content-encoding": "gzip"}}, 415, "uncompressed"),
-        ("/v1/translate", {"json": {"texts": ["a"]}}, 404, "0 translator models are loaded"),
+        ("/v1/translate", {"json": {"model": "reviews", "texts": ["a"]}}, 404, "is a classifier, not a translator"),
         ("/v2/models/nope/infer", {"json": {"inputs": []}}, 404, "unknown model"),
         ("/v2/models/reviews/versions/9/infer", {"json": {"inputs": []}}, 404, "version 9 is not loaded"),
         ("/v2/models/reviews/infer", {"json": {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1],
