@@ -12,8 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import routes_v1, routes_v2
+from service import routes_demo, routes_v1, routes_v2
 from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
 from service.deps import Forbidden, Unauthorized
 from service.errors import UserError
@@ -55,6 +56,14 @@ async def handle_validation(request: Request, exc: RequestValidationError) -> Re
     return error_response(request, 422, f"{where}: {first['msg']}")
 
 
+async def handle_http(request: Request, exc: StarletteHTTPException) -> Response:
+    """Framework errors (unknown route, wrong method, unparsable body) in the same shape as ours."""
+    message = {404: "no such endpoint", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+    if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+        message = "malformed body: not valid UTF-8 JSON"
+    return error_response(request, exc.status_code, message, getattr(exc, "headers", None))
+
+
 async def handle_gone(request: Request, exc: ClientGone) -> Response:
     return error_response(request, 499, "client closed the request")
 
@@ -78,10 +87,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings, app.state.metrics, app.state.manager, app.state.started = settings, metrics, manager, False
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
+    app.include_router(routes_demo.router)
     for cls, _ in STATUS:
         app.add_exception_handler(cls, handle_known)
     app.add_exception_handler(RequestValidationError, handle_validation)  # type: ignore[arg-type]
     app.add_exception_handler(ClientGone, handle_gone)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, handle_http)  # type: ignore[arg-type]
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

@@ -207,7 +207,14 @@ def _cmd_serve(a: argparse.Namespace) -> None:
     serve(settings)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, _add_export, _add_quantize, _add_serve]
+def _add_bench(sub: Any) -> None:
+    from service.bench.options import add_bench_commands  # stdlib only; the workloads import when they run
+
+    add_bench_commands(sub)
+
+
+COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, _add_export, _add_quantize, _add_serve,
+                                         _add_bench]
 
 
 def build_parser() -> Parser:

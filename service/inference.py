@@ -45,6 +45,10 @@ def check_texts(texts: Sequence[Any], settings: Settings) -> list[str]:
             raise InvalidInput(f"texts[{i}] is empty or whitespace only")
         if "\x00" in text:
             raise InvalidInput(f"texts[{i}] contains a NUL character")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"texts[{i}] is not valid Unicode (a lone surrogate)") from None
     return list(texts)
 
 
@@ -66,9 +70,12 @@ def deadline_from(request: Request, settings: Settings, timeout_s: float | None 
 
 
 async def run_texts(request: Request, model: ServedModel, texts: Sequence[str], metrics: Metrics,
-                    deadline: float | None, payload: Callable[[list[int]], Any] = lambda ids: ids) -> list[Any]:
+                    deadline: float | None, payload: Callable[[list[int]], Any] = lambda ids: ids,
+                    log_texts: bool = False) -> list[Any]:
     """Queue one item per text (all or none), wait for all, and drop the work if the client leaves."""
     request.state.model = model.name
+    if log_texts:  # a debug setting: request texts stay out of logs otherwise
+        log.info("texts for %s: %r", model.name, list(texts))
     seqs = model.encode(texts)
     metrics.tokens.labels(model.name, "input").inc(sum(len(s) for s in seqs))
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,6 +34,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         503: "queue full or model not ready (see Retry-After)", 504: "timeout expired before compute"}.items()
 }
 
+log = logging.getLogger("seqserve.inference")
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_inference_key)], responses=ERRORS)
 
 
@@ -43,7 +45,8 @@ async def classify(body: ClassifyRequest, request: Request, manager: ManagerDep,
     model = manager.get(body.model, kind="classifier")
     request.state.model = model.name
     texts = check_texts(body.texts, settings)
-    results = await run_texts(request, model, texts, metrics, deadline_from(request, settings))
+    results = await run_texts(request, model, texts, metrics, deadline_from(request, settings),
+                              log_texts=settings.log_texts)
     return {"model": model.name, "version": model.version, "results": results}
 
 
@@ -78,7 +81,7 @@ async def translate(body: TranslateRequest, request: Request, manager: ManagerDe
     texts = check_texts(body.texts, settings)
     options = decode_options(body, settings)
     results = await run_texts(request, model, texts, metrics, deadline_from(request, settings),
-                              payload=lambda ids: TranslateItem(ids, options))
+                              payload=lambda ids: TranslateItem(ids, options), log_texts=settings.log_texts)
     metrics.tokens.labels(model.name, "output").inc(sum(len(t.target_ids) for t in results))
     return {"model": model.name, "version": model.version,
             "results": [translation_result(t, body.return_attention) for t in results]}
@@ -103,6 +106,8 @@ async def translate_stream(body: TranslateStreamRequest, request: Request, manag
     options = decode_options(body, settings)
     ids = model.encode([text])[0]
     metrics.tokens.labels(model.name, "input").inc(len(ids))
+    if settings.log_texts:
+        log.info("stream text for %s: %r", model.name, text)
     updates: asyncio.Queue[list[int]] = asyncio.Queue()
     deadline = deadline_from(request, settings)
     queue = model.queue

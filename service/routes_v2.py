@@ -13,10 +13,9 @@ from pydantic import ValidationError
 
 from service.deps import ManagerDep, MetricsDep, SettingsDep, require_control_key, require_inference_key
 from service.inference import InvalidInput, check_texts, deadline_from, run_texts
-from service.routes_v1 import ERRORS
-from service.schemas import V2InferRequest, V2InferResponse, V2Tensor
+from service.routes_v1 import ERRORS, decode_options
+from service.schemas import TranslateRequest, V2InferRequest, V2InferResponse, V2Tensor
 from service.served import ServedModel, TranslateItem
-from service.translator import DecodeOptions
 
 try:
     SERVER_VERSION = version("seqserve")
@@ -123,7 +122,7 @@ async def _infer(request: Request, model: ServedModel, settings: SettingsDep, me
         raise InvalidInput("parameters.timeout must be a number of microseconds")
     deadline = deadline_from(request, settings, None if timeout is None else float(timeout) / 1e6)
     payload = (lambda ids: ids) if model.kind == "classifier" else _translate_payload(params, settings)
-    results = await run_texts(request, model, texts, metrics, deadline, payload)
+    results = await run_texts(request, model, texts, metrics, deadline, payload, log_texts=settings.log_texts)
     tensors = model.v2_tensors(results)
     outputs = [{"name": n, "datatype": known[n].datatype, "shape": tensors[n][1], "data": tensors[n][0]}
                for n in wanted]
@@ -131,10 +130,14 @@ async def _infer(request: Request, model: ServedModel, settings: SettingsDep, me
 
 
 def _translate_payload(params: dict[str, Any], settings: SettingsDep) -> Any:
-    beam = params.get("beam_size", settings.default_beam_size)
-    if not isinstance(beam, int) or isinstance(beam, bool) or not 1 <= beam <= settings.max_beam_size:
-        raise InvalidInput(f"parameters.beam_size must be an integer from 1 to {settings.max_beam_size}")
-    options = DecodeOptions(beam_size=beam, max_tokens=settings.max_output_tokens)
+    """Decoding options from the v2 parameters beam_size, max_length and length_penalty (as in /v1/translate)."""
+    given = {k: params[k] for k in ("beam_size", "max_length", "length_penalty") if k in params}
+    try:
+        request = TranslateRequest.model_validate({"texts": ["-"], **given}, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(f"parameters.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    options = decode_options(request, settings)
     return lambda ids: TranslateItem(ids, options)
 
 

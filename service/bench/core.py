@@ -1,0 +1,206 @@
+"""Closed-loop load generation over HTTP (and over a plain function) and the statistics of what it measured."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.errors import UserError
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request: its JSON body (encoded once, up front), a kind to group latencies by, the texts it carries."""
+
+    kind: str
+    body: bytes
+    texts: int
+
+
+CallSource = Callable[[int, int], Call]  # (worker index, that worker's request number) -> the next call
+Check = Callable[[Call, Any], "str | None"]  # (call, JSON of its 200 answer) -> None, or what is wrong with it
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), interpolating linearly between order statistics (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be within 0..100, got {q}")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    lo = math.floor(rank)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+
+
+@dataclass
+class KindStats:
+    """What one kind of request did within one measurement window."""
+
+    requests: int = 0
+    texts: int = 0  # texts answered correctly
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
+
+
+@dataclass
+class Window:
+    """One measurement: a load level held for `seconds`, after a warm-up that is not counted."""
+
+    level: int  # concurrency (HTTP) or batch size (bare)
+    seconds: float
+    kinds: dict[str, KindStats]
+    first_error: str | None = None
+
+    def record(self, kind: str, texts: int, latency: float, error: str | None) -> None:
+        stats = self.kinds.setdefault(kind, KindStats())
+        stats.requests += 1
+        if error is None:
+            stats.texts += texts
+            stats.latencies.append(latency)
+        else:
+            stats.errors += 1
+            self.first_error = self.first_error or error
+
+    def select(self, kind: str | None) -> list[KindStats]:
+        return list(self.kinds.values()) if kind is None else [self.kinds.get(kind, KindStats())]
+
+
+@dataclass(frozen=True)
+class Point:
+    """Medians over the repeats of one level: what tables and plots show."""
+
+    series: str  # e.g. "service fp32", "bare int8", "continuous"
+    kind: str  # "all", or a request kind such as "short"
+    level: int
+    throughput: float  # texts per second
+    p50_ms: float
+    p99_ms: float
+    errors: int  # summed over the repeats
+    requests: int  # summed over the repeats
+    repeats: int
+    first_error: str | None = None
+
+
+def summarize(series: str, windows: Sequence[Window], kind: str | None = None) -> Point:
+    """Median throughput, p50 and p99 over repeated windows of one level (each statistic's own median)."""
+    if not windows:
+        raise ValueError("summarize needs at least one window")
+    throughputs, p50s, p99s, errors, requests = [], [], [], 0, 0
+    for w in windows:
+        stats = w.select(kind)
+        latencies = [x for s in stats for x in s.latencies]
+        throughputs.append(sum(s.texts for s in stats) / w.seconds)
+        if latencies:
+            p50s.append(percentile(latencies, 50) * 1e3)
+            p99s.append(percentile(latencies, 99) * 1e3)
+        errors += sum(s.errors for s in stats)
+        requests += sum(s.requests for s in stats)
+    return Point(series, kind or "all", windows[0].level, statistics.median(throughputs),
+                 statistics.median(p50s) if p50s else math.nan, statistics.median(p99s) if p99s else math.nan,
+                 errors, requests, len(windows), next((w.first_error for w in windows if w.first_error), None))
+
+
+async def _send(client: httpx.AsyncClient, url: str, call: Call, check: Check | None) -> str | None:
+    try:
+        response = await client.post(url, content=call.body, headers={"content-type": "application/json"})
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    if check is None:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return "the answer is not JSON"
+    return check(call, body)
+
+
+async def closed_loop(url: str, source: CallSource, concurrency: int, seconds: float, *, warmup: float = 1.0,
+                      timeout: float = 300.0, check: Check | None = None) -> Window:
+    """`concurrency` workers, each with one request in flight; answers that arrive within the window count.
+
+    Counting completions (not starts) inside [warm-up end, end] keeps the throughput unbiased when a request
+    takes a sizeable part of the window. Requests still in flight at the end are awaited but not counted.
+    """
+    if concurrency < 1 or seconds <= 0 or warmup < 0:
+        raise ValueError("closed_loop needs concurrency >= 1, seconds > 0 and warmup >= 0")
+    window = Window(concurrency, seconds, {})
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        begin = time.perf_counter() + warmup
+        end = begin + seconds
+
+        async def worker(index: int) -> None:
+            n = 0
+            while (t0 := time.perf_counter()) < end:
+                call = source(index, n)
+                n += 1
+                error = await _send(client, url, call, check)
+                t1 = time.perf_counter()
+                if begin <= t1 <= end:
+                    window.record(call.kind, call.texts, t1 - t0, error)
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return window
+
+
+def run_closed_loop(url: str, source: CallSource, concurrency: int, seconds: float, *, warmup: float = 1.0,
+                    check: Check | None = None) -> Window:
+    return asyncio.run(closed_loop(url, source, concurrency, seconds, warmup=warmup, check=check))
+
+
+def batches(texts: Sequence[str], size: int) -> list[list[str]]:
+    """Batches of `size` texts, wrapping around the list so that every batch is full."""
+    if not texts or size < 1:
+        raise ValueError("batches needs texts and a size >= 1")
+    count = max(1, math.ceil(len(texts) / size))
+    return [[texts[(b * size + i) % len(texts)] for i in range(size)] for b in range(count)]
+
+
+def function_loop(predict: Callable[[list[str]], object], texts: Sequence[str], batch: int, seconds: float, *,
+                  warmup: float = 1.0) -> Window:
+    """The engine without HTTP: `predict` on batches of `batch` texts back to back, timed like `closed_loop`."""
+    window = Window(batch, seconds, {})
+    work = batches(texts, batch)
+    begin = time.perf_counter() + warmup
+    end = begin + seconds
+    for n in itertools.count():
+        chunk = work[n % len(work)]
+        t0 = time.perf_counter()
+        if t0 >= end:
+            break
+        predict(chunk)
+        t1 = time.perf_counter()
+        if begin <= t1 <= end:
+            window.record("all", len(chunk), t1 - t0, None)
+    return window
+
+
+def read_texts(path: Path) -> list[str]:
+    """The non-blank lines of a UTF-8 file, one text each."""
+    try:
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read texts ({exc})") from None
+    if not texts:
+        raise UserError(f"{path}: no texts (one per line)")
+    return texts
+
+
+def checked(point: Point) -> Point:
+    """The point, unless every request failed: then the benchmark measured nothing and says why."""
+    if point.requests and point.errors == point.requests:
+        raise UserError(f"{point.series}: every request failed at level {point.level}; first: {point.first_error}")
+    return point

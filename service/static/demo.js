@@ -1,0 +1,126 @@
+// The seqserve demo page: two forms that call the REST API and render what comes back.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("api-key").value.trim();
+  if (key) h.Authorization = `Bearer ${key}`;
+  return h;
+}
+
+// POST a JSON body; resolves to the parsed response or throws an Error carrying the server's message.
+async function post(path, body) {
+  const response = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body) });
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (_) {
+    // not JSON: fall through to the status line
+  }
+  if (!response.ok) {
+    const message = data && (data.error || data.detail) ? data.error || JSON.stringify(data.detail) : response.statusText;
+    throw new Error(`${response.status}: ${message}`);
+  }
+  return data;
+}
+
+function setStatus(id, text, isError = false) {
+  const el = $(id);
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+}
+
+// Runs one form submission: disables the button, shows progress, reports errors in the status line.
+function bindForm(prefix, run) {
+  $(`${prefix}-form`).addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = $(`${prefix}-submit`);
+    button.disabled = true;
+    setStatus(`${prefix}-status`, "Working…");
+    const started = performance.now();
+    try {
+      await run();
+      setStatus(`${prefix}-status`, `Done in ${Math.round(performance.now() - started)} ms.`);
+    } catch (err) {
+      $(`${prefix}-result`).hidden = true;
+      setStatus(`${prefix}-status`, err.message, true);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+function cell(tag, text) {
+  const el = document.createElement(tag);
+  el.textContent = text;
+  return el;
+}
+
+// Byte-level BPE tokens carry their leading space; show it as a middle dot so it stays visible.
+const showToken = (token) => token.replace(/ /g, "·") || "∅";
+
+function modelName(id) {
+  const name = $(id).value.trim();
+  return name ? name : null; // null: the server picks its only model of that kind
+}
+
+async function classify() {
+  const data = await post("/v1/classify", { model: modelName("classify-model"), texts: [$("classify-text").value] });
+  const result = data.results[0];
+  $("classify-label").textContent = result.label;
+  $("classify-score").textContent = `(${(result.score * 100).toFixed(1)}%, ${data.model} v${data.version})`;
+  const body = $("classify-probabilities").tBodies[0];
+  body.replaceChildren();
+  const ranked = Object.entries(result.probabilities).sort((a, b) => b[1] - a[1]);
+  for (const [label, p] of ranked) {
+    const row = document.createElement("tr");
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${Math.round(p * 160)}px`;
+    const barCell = document.createElement("td");
+    barCell.append(bar);
+    row.append(cell("td", label), cell("td", p.toFixed(3)), barCell);
+    body.append(row);
+  }
+  $("classify-result").hidden = false;
+}
+
+// attention: rows are target tokens, columns source tokens (each row sums to 1).
+function drawHeatmap(table, sourceTokens, targetTokens, attention) {
+  table.replaceChildren();
+  const head = table.createTHead().insertRow();
+  head.append(cell("th", ""));
+  for (const token of sourceTokens) head.append(cell("th", showToken(token)));
+  const body = table.createTBody();
+  attention.forEach((weights, t) => {
+    const row = body.insertRow();
+    row.append(cell("th", showToken(targetTokens[t] ?? "")));
+    weights.forEach((w, s) => {
+      const td = cell("td", w >= 0.1 ? w.toFixed(1) : "");
+      td.style.background = `rgba(39, 84, 197, ${Math.min(1, Math.max(0, w)).toFixed(3)})`;
+      td.style.color = w > 0.5 ? "#fff" : "#1d2430";
+      td.title = `${showToken(targetTokens[t] ?? "")} ← ${showToken(sourceTokens[s] ?? "")}: ${w.toFixed(3)}`;
+      row.append(td);
+    });
+  });
+}
+
+async function translate() {
+  const beam = parseInt($("translate-beam").value, 10);
+  const data = await post("/v1/translate", {
+    model: modelName("translate-model"),
+    texts: [$("translate-text").value],
+    beam_size: Number.isFinite(beam) ? beam : null,
+    return_attention: true,
+  });
+  const result = data.results[0];
+  $("translate-output").textContent = result.translation;
+  $("translate-score").textContent = `(score ${result.score.toFixed(3)}, ${data.model} v${data.version})`;
+  drawHeatmap($("attention-heatmap"), result.source_tokens, result.target_tokens, result.attention);
+  $("translate-result").hidden = false;
+}
+
+bindForm("classify", classify);
+bindForm("translate", translate);

@@ -1,0 +1,99 @@
+"""Translator end to end through the console script, the Multi30k recipe, and parallel-data errors."""
+
+import gzip
+import json
+
+import pytest
+
+from service.repository import read_config
+from tests.conftest import synthetic_pairs, write_tsv
+from tests.training.test_train_cli import seqserve
+from training.data import DataError
+from training.recipes import default_multi30k_dir, multi30k
+from training.translate import ParallelData
+
+TINY = ["--epochs", "3", "--emb-dim", "32", "--hidden", "32", "--dec-hidden", "64", "--vocab-size", "300",
+        "--batch-size", "32", "--lr", "0.01", "--seed", "5"]
+
+
+@pytest.fixture(scope="module")
+def translated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mt")
+    data = write_tsv(root / "pairs.tsv", synthetic_pairs(900, seed=3))
+    seqserve("train", "translator", "--data", data, "--out", root / "numbers", "--work-dir", root / "run", *TINY)
+    return root
+
+
+def test_train_translator_writes_two_graphs_tokenizers_and_bleu(translated):
+    version = translated / "numbers" / "1"
+    for name in ("encoder.onnx", "decoder.onnx", "source_tokenizer.json", "target_tokenizer.json", "config.json",
+                 "metrics.json", "README.md", "curves.png"):
+        assert (version / name).is_file(), name
+    config = read_config(version)
+    assert config["kind"] == "translator" and config["graphs"] == {"encoder": "encoder.onnx",
+                                                                   "decoder": "decoder.onnx"}
+    assert config["states"] == ["h", "c", "feed"] and "src_mask" in config["decoder"]["inputs"]
+    assert all("valid_bleu_greedy" in epoch for epoch in config["training"]["history"])
+    test = json.loads((version / "metrics.json").read_text())["test"]
+    for key in ("bleu", "chrf", "greedy_bleu", "greedy_chrf"):
+        assert 0.0 <= test[key] <= 100.0
+    assert test["examples"] == 45 and test["bleu_signature"].startswith("nrefs:1")
+
+
+def test_evaluate_with_beam_size_and_attention_plots(translated):
+    version = translated / "numbers" / "1"
+    seqserve("evaluate", version, "--beam-size", "1", "--plot-attention", "3")
+    test = json.loads((version / "metrics.json").read_text())["test"]
+    assert test["beam_size"] == 1 and test["bleu"] == pytest.approx(test["greedy_bleu"])  # beam 1 is greedy
+    plots = sorted((version / "attention").glob("*.png"))
+    assert len(plots) == 3 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+
+
+def test_no_attention_baseline_and_int8_variant(translated, tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv", synthetic_pairs(600, seed=4))
+    seqserve("train", "translator", "--data", data, "--out", tmp_path / "base", "--work-dir", tmp_path / "run",
+             "--attention", "none", "--no-input-feeding", *TINY)
+    config = read_config(tmp_path / "base" / "1")
+    assert "attention" not in config["decoder"]["outputs"] and "context" in config["states"]
+    seqserve("quantize", translated / "numbers" / "1", "--version", "2")
+    seqserve("evaluate", translated / "numbers" / "2", "--beam-size", "2")
+    assert json.loads((translated / "numbers" / "2" / "metrics.json").read_text())["test"]["bleu"] >= 0.0
+    assert read_config(translated / "numbers" / "2")["quantization"]["from_version"] == 1
+
+
+def test_multi30k_recipe_reads_the_local_copy():
+    if not (default_multi30k_dir() / "train.en.gz").is_file():
+        pytest.fail(f"Multi30k not found at {default_multi30k_dir()}; set SEQSERVE_MULTI30K_DIR")
+    assert len(multi30k("en", "de", "val")) == 1014
+    test = multi30k("de", "fr", "test2016")
+    assert len(test) == 1000 and test[0].src and test[0].tgt
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"source": "multi30k", "pair": "en-xx"}, "multi30k has no language 'xx'"),
+    ({"source": "multi30k", "pair": "en-en"}, "two different languages"),
+    ({"source": "multi30k", "pair": "english"}, "--pair must look like en-de"),
+    ({"source": "wmt14"}, "unknown recipe 'wmt14'"),
+])
+def test_parallel_data_errors(kwargs, message):
+    with pytest.raises(DataError, match=message):
+        ParallelData(**kwargs).load()
+
+
+def test_misaligned_empty_and_filtered_out_files_fail_with_one_line(tmp_path):
+    with gzip.open(tmp_path / "a.en.gz", "wt") as fh:
+        fh.write("one\ntwo\nthree\n")
+    (tmp_path / "a.de").write_text("eins\nzwei\n", encoding="utf-8")
+    (tmp_path / "long.tsv").write_text("one two three four five six\teins\n" * 30, encoding="utf-8")
+    (tmp_path / "empty.tsv").write_text("", encoding="utf-8")
+    cases = [
+        (["--data", tmp_path / "a.en.gz", "--target-data", tmp_path / "a.de"], "has 3 lines but"),
+        (["--data", tmp_path / "empty.tsv"], "no sentence pairs"),
+        (["--data", tmp_path / "long.tsv", "--max-ratio", "2"], "removed by the length filters"),
+        (["--data", "multi30k", "--pair", "en-zh"], "multi30k has no language 'zh'"),
+        (["--data", "multi30k", "--cell", "rnn"], "translators use --cell lstm or --cell gru"),
+    ]
+    for args, message in cases:
+        result = seqserve("train", "translator", *args, "--out", tmp_path / "m", check=False, cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (args, result.stderr[-500:])
