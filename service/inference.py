@@ -74,6 +74,7 @@ async def run_texts(request: Request, model: ServedModel, texts: Sequence[str], 
                     log_texts: bool = False) -> list[Any]:
     """Queue one item per text (all or none), wait for all, and drop the work if the client leaves."""
     request.state.model = model.name
+    refuse_if_full(model, len(texts), metrics)  # before tokenizing: under overload a 503 must stay cheap
     if log_texts:  # a debug setting: request texts stay out of logs otherwise
         log.info("texts for %s: %r", model.name, list(texts))
     seqs = model.encode(texts)
@@ -87,6 +88,12 @@ async def run_texts(request: Request, model: ServedModel, texts: Sequence[str], 
         metrics.rejections.labels(model.name, "shutting_down").inc()
         raise
     return await wait_or_disconnect(request, futures)
+
+
+def refuse_if_full(model: ServedModel, count: int, metrics: Metrics) -> None:
+    if model.queue.depth + count > model.queue.max_queue:
+        metrics.rejections.labels(model.name, "queue_full").inc()
+        raise QueueFull(f"model {model.name!r} queue is full ({model.queue.max_queue} texts)")
 
 
 async def wait_or_disconnect(request: Request, futures: list[asyncio.Future[Any]]) -> list[Any]:

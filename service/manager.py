@@ -72,7 +72,8 @@ class ModelManager:
                 config = read_config(version_dir)
                 model = await asyncio.to_thread(build_model, name, version_dir, config, self.settings)
             except Exception as exc:  # a broken model must not stop the others
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+                detail = str(exc).splitlines()[0] if str(exc) else ""
+                reason = f"{type(exc).__name__}: {detail.replace(str(self.root), '<repository>')}"[:500]
                 log.error("model %s version %s failed to load: %s", name, number, reason)
                 self.failures[name] = Failure(number, reason)
                 self.metrics.model_ready.labels(name).set(0)

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from service.deps import ManagerDep, MetricsDep, SettingsDep, require_inference_key
-from service.inference import InvalidInput, check_texts, deadline_from, run_texts
+from service.inference import InvalidInput, check_texts, deadline_from, refuse_if_full, run_texts
 from service.metrics import Metrics
 from service.scheduler import ContinuousScheduler
 from service.schemas import (
@@ -29,9 +29,11 @@ from service.translator import DecodeOptions, Translation
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in {
-        401: "missing or wrong API key", 404: "unknown model", 413: "a size limit was exceeded",
-        415: "body is not JSON", 422: "invalid request (the message says which field)",
-        503: "queue full or model not ready (see Retry-After)", 504: "timeout expired before compute"}.items()
+        400: "malformed body (not UTF-8 JSON)", 401: "missing or wrong API key",
+        403: "endpoint disabled by configuration", 404: "unknown model or version", 413: "a size limit was exceeded",
+        415: "body is not JSON, or is compressed", 422: "invalid request (the message says which field)",
+        500: "internal error (quote the request id)", 503: "queue full or model not ready (see Retry-After)",
+        504: "timeout expired before compute"}.items()
 }
 
 log = logging.getLogger("seqserve.inference")
@@ -104,6 +106,7 @@ async def translate_stream(body: TranslateStreamRequest, request: Request, manag
     request.state.model = model.name
     text = check_texts([body.text], settings)[0]
     options = decode_options(body, settings)
+    refuse_if_full(model, 1, metrics)
     ids = model.encode([text])[0]
     metrics.tokens.labels(model.name, "input").inc(len(ids))
     if settings.log_texts:

@@ -20,6 +20,8 @@ WARMUP_TEXTS = ["warm up", "a slightly longer text to warm up the graph with mor
 
 
 class WorkQueue(Protocol):
+    max_queue: int
+
     @property
     def depth(self) -> int: ...
 
@@ -156,6 +158,10 @@ class ServedTranslator(ServedModel):
 
 def build_model(name: str, version_dir: Path, config: dict[str, Any], settings: Settings) -> ServedModel:
     """Create sessions and warm up (blocking: call it off the event loop)."""
+    needed = [*config["graphs"].values(), *config["tokenizers"].values()]
+    missing = sorted({name for name in needed if not (version_dir / name).is_file()})
+    if missing:
+        raise FileNotFoundError(f"missing {', '.join(missing)}")
     opts = SessionOptions(settings.device, settings.intra_op_threads, settings.graph_optimization)
     cls = ServedClassifier if config["kind"] == "classifier" else ServedTranslator
     model = cls(name, version_dir, config, opts)
