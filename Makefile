@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DATASETS ?= ../shared/datasets
 
-.PHONY: setup serve test lint demo-models clean
+.PHONY: setup serve test lint demo-models clean test-deps test-container
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,20 @@ lint: setup
 	$(BIN)/ruff check service models training tests loadtest
 	$(BIN)/mypy
 
-test: setup lint
+test: setup lint test-deps
 	$(BIN)/pytest -q tests
+
+# System tools the deploy tests drive (tests/deploy): promtool and prometheus, Chromium and its WebDriver.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	apt-get install -y -q --no-install-recommends
+test-deps:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || ($(APT_INSTALL) prometheus)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || ($(APT_INSTALL) chromium chromium-driver)
+
+# Not part of `make test`: builds the image with podman, runs it and checks it (COMPOSE=1: podman-compose too).
+test-container: setup
+	bash deploy/test-container.sh
 
 serve: $(VENV)/.stamp-serve
 	$(BIN)/seqserve serve --model-repository model_repository --host $(HOST) --port $(PORT)
@@ -39,6 +51,25 @@ serve: $(VENV)/.stamp-serve
 demo-models: setup
 	$(BIN)/seqserve train classifier --data rotten_tomatoes --out model_repository/sentiment --version 1 \
 		--work-dir runs/sentiment $(SENTIMENT_FLAGS)
+
+# Locust against a running service: make loadtest HOST=http://127.0.0.1:8000 [RUN_TIME=60s USERS=16 LOCUST_FLAGS=...]
+# Stats (CSV, JSON) and an HTML report go to loadtest/results/.
+.PHONY: loadtest bench
+RUN_TIME ?= 60s
+USERS ?= 16
+SPAWN_RATE ?= 4
+LOADTEST_URL = $(if $(findstring ://,$(HOST)),$(HOST),http://$(HOST):$(PORT))
+loadtest: setup
+	mkdir -p loadtest/results
+	$(BIN)/locust -f loadtest/locustfile.py --headless --host $(LOADTEST_URL) -u $(USERS) -r $(SPAWN_RATE) \
+		-t $(RUN_TIME) --csv loadtest/results/seqserve --json-file loadtest/results/seqserve \
+		--html loadtest/results/report.html $(LOCUST_FLAGS)
+
+# Benchmarks of the demo models, one service at a time (about 20 minutes on 2 cores); writes
+# docs/benchmarks/{classify,translate}.{md,json,png}. An int8 series needs `seqserve quantize` first.
+bench: setup
+	$(BIN)/seqserve bench classify --repo model_repository --model sentiment --out docs/benchmarks $(BENCH_FLAGS)
+	$(BIN)/seqserve bench translate --repo model_repository --model en-de --out docs/benchmarks $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache

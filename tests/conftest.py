@@ -64,3 +64,5 @@ def synthetic_pairs(n: int, seed: int) -> list[tuple[str, str]]:
 def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> Path:
     path.write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
     return path
+
+pytest_plugins = ["tests.fixtures"]

@@ -170,7 +170,7 @@ def report(points: Sequence[Point], a: argparse.Namespace, source: str, info: di
         "(dynamic batching, onnxruntime choosing its threads), one model loaded. Bare: `ClassifierRuntime.predict` "
         "(tokenize, pad, onnxruntime, softmax) on batches of N texts back to back, no HTTP, same session options.",
         "",
-        "The load generator (httpx.AsyncClient, closed loop: N clients, one request each in flight) runs on the "
+        "The load generator (aiohttp, closed loop: N clients, one request each in flight) runs on the "
         "same cores as the service, so service figures include its cost; the bare series has no such competitor.",
         "", points_table(points, "concurrency / batch"),
         "## Ratios (throughput; concurrency N against batch size N)", "",

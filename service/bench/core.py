@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import statistics
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from service.errors import UserError
 
@@ -111,17 +112,18 @@ def summarize(series: str, windows: Sequence[Window], kind: str | None = None) -
                  errors, requests, len(windows), next((w.first_error for w in windows if w.first_error), None))
 
 
-async def _send(client: httpx.AsyncClient, url: str, call: Call, check: Check | None) -> str | None:
+async def _send(session: aiohttp.ClientSession, url: str, call: Call, check: Check | None) -> str | None:
     try:
-        response = await client.post(url, content=call.body, headers={"content-type": "application/json"})
-    except httpx.HTTPError as exc:
+        async with session.post(url, data=call.body, headers={"content-type": "application/json"}) as response:
+            status, payload = response.status, await response.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         return f"{type(exc).__name__}: {exc}"
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+    if status != 200:
+        return f"HTTP {status}: {payload[:200].decode('utf-8', 'replace')}"
     if check is None:
         return None
     try:
-        body = response.json()
+        body = json.loads(payload)
     except ValueError:
         return "the answer is not JSON"
     return check(call, body)
@@ -133,12 +135,14 @@ async def closed_loop(url: str, source: CallSource, concurrency: int, seconds: f
 
     Counting completions (not starts) inside [warm-up end, end] keeps the throughput unbiased when a request
     takes a sizeable part of the window. Requests still in flight at the end are awaited but not counted.
+    aiohttp rather than httpx: on this 2-core machine httpx.AsyncClient spent 6 ms of CPU per request at 32
+    connections (aiohttp 0.2 ms), and the generator shares the cores with the service it measures.
     """
     if concurrency < 1 or seconds <= 0 or warmup < 0:
         raise ValueError("closed_loop needs concurrency >= 1, seconds > 0 and warmup >= 0")
     window = Window(concurrency, seconds, {})
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         begin = time.perf_counter() + warmup
         end = begin + seconds
 
@@ -147,7 +151,7 @@ async def closed_loop(url: str, source: CallSource, concurrency: int, seconds: f
             while (t0 := time.perf_counter()) < end:
                 call = source(index, n)
                 n += 1
-                error = await _send(client, url, call, check)
+                error = await _send(session, url, call, check)
                 t1 = time.perf_counter()
                 if begin <= t1 <= end:
                     window.record(call.kind, call.texts, t1 - t0, error)

@@ -66,15 +66,24 @@ def check_common(a: argparse.Namespace) -> None:
         raise UserError(f"{a.texts_file}: no such file")
 
 
+def _need_aiohttp() -> None:
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        raise UserError("seqserve bench needs aiohttp (it is in the dev extra): pip install aiohttp") from None
+
+
 def _run_classify(a: argparse.Namespace) -> None:
+    check_common(a)
+    _need_aiohttp()
     from service.bench.classify import run
 
-    check_common(a)
     run(a)
 
 
 def _run_translate(a: argparse.Namespace) -> None:
+    check_common(a)
+    _need_aiohttp()
     from service.bench.translate import run
 
-    check_common(a)
     run(a)

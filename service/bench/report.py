@@ -15,7 +15,7 @@ from typing import Any
 
 from service.bench.core import Point
 
-LIBRARIES = ("onnxruntime", "numpy", "tokenizers", "fastapi", "uvicorn", "pydantic", "httpx")
+LIBRARIES = ("onnxruntime", "numpy", "tokenizers", "fastapi", "uvicorn", "pydantic", "aiohttp")
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -85,36 +85,41 @@ def points_json(points: Sequence[Point]) -> list[dict[str, Any]]:
     return [asdict(p) for p in points]
 
 
-def plot(points: Sequence[Point], path: Path, *, title: str, throughput_kinds: Sequence[str] = ("all",),
-         latency_kinds: Sequence[str] = ("all",), xlabel: str = "concurrency (clients in a closed loop)") -> None:
-    """Two panels, one colour per series: throughput vs level, and p50 (solid) / p99 (dashed) latency vs level."""
+def plot(points: Sequence[Point], path: Path, *, title: str, latency_kinds: Sequence[str] = ("all",),
+         xlabel: str = "concurrency (clients in a closed loop)") -> None:
+    """Throughput vs level, then one panel per request kind of p50 (solid) and p99 (dashed) latency vs level;
+    one colour per series."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 1 + len(latency_kinds), figsize=(5.5 * (1 + len(latency_kinds)), 4.5))
+    throughput_ax, latency_axes = axes[0], axes[1:]
     for index, name in enumerate(dict.fromkeys(p.series for p in points)):
-        for ax, kinds in ((left, throughput_kinds), (right, latency_kinds)):
-            for marker, kind in zip("osd^", kinds, strict=False):
-                line = sorted((p for p in points if p.series == name and p.kind == kind), key=lambda p: p.level)
-                label = name if kind == "all" else f"{name} ({kind})"
-                levels = [p.level for p in line]
-                if ax is left:
-                    ax.plot(levels, [p.throughput for p in line], marker=marker, color=f"C{index}", label=label)
-                    continue
-                ax.plot(levels, [p.p50_ms for p in line], marker=marker, color=f"C{index}", label=f"{label} p50")
-                ax.plot(levels, [p.p99_ms for p in line], marker=marker, color=f"C{index}", linestyle="--",
-                        label=f"{label} p99")
-    for ax, ylabel in ((left, "texts per second"), (right, "latency (ms), log scale")):
+        def line(kind: str, series: str = name) -> list[Point]:
+            return sorted((p for p in points if p.series == series and p.kind == kind), key=lambda p: p.level)
+
+        color = f"C{index}"
+        total = line("all")
+        throughput_ax.plot([p.level for p in total], [p.throughput for p in total], marker="o", color=color,
+                           label=name)
+        for ax, kind in zip(latency_axes, latency_kinds, strict=True):
+            levels = [p.level for p in line(kind)]
+            ax.plot(levels, [p.p50_ms for p in line(kind)], marker="o", color=color, label=f"{name} p50")
+            ax.plot(levels, [p.p99_ms for p in line(kind)], marker="s", color=color, linestyle="--",
+                    label=f"{name} p99")
+    throughput_ax.set_title("throughput")
+    throughput_ax.set_ylabel("texts per second")
+    for ax, kind in zip(latency_axes, latency_kinds, strict=True):
+        ax.set_title("latency vs offered load" + ("" if kind == "all" else f": {kind} requests"))
+        ax.set_ylabel("latency (ms), log scale")
+        ax.set_yscale("log")
+    for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    right.set_yscale("log")
-    left.set_title("throughput")
-    right.set_title("latency vs offered load")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

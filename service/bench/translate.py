@@ -162,7 +162,7 @@ def report(points: Sequence[Point], a: argparse.Namespace, source: str, counts: 
         f"({LONG_WORDS[0]}-{LONG_WORDS[1]} words, consecutive sentences joined where needed). Each request is one "
         f"text, long with probability {a.long_fraction:g}, beam size {a.beam_size}. Each level: {a.repeats} windows "
         f"of {a.seconds:g} s after {a.warmup:g} s warm-up; medians. One `seqserve serve` per scheduler mode "
-        "(SEQSERVE_SCHEDULER), default settings otherwise. The load generator (httpx.AsyncClient, closed loop) "
+        "(SEQSERVE_SCHEDULER), default settings otherwise. The load generator (aiohttp, closed loop) "
         "shares the cores with the service.", "",
         results_table(points), "## Scheduler modes compared", "",
         "Throughput ratios above 1 and latency ratios below 1 favour continuous batching.", "",

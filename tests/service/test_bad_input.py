@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from service.settings import Settings
-from tests.service.conftest import ThreadServer, free_port
+from tests.fixtures import ThreadServer, free_port
 
 ENDPOINTS = ["classify", "translate", "stream", "v2-classifier", "v2-translator"]
 GOOD = {"classify": "the film is superb", "translate": "one two", "stream": "one two",

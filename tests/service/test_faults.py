@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.service.conftest import ProcessServer
+from tests.fixtures import ProcessServer
 from tests.service.test_api import NEGATIVE, POSITIVE, burst, classify, metric
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.service.conftest import ProcessServer
+from tests.fixtures import ProcessServer
 
 BIN = Path(sys.executable).parent
 CONFIG = """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.service.conftest import ProcessServer
+from tests.fixtures import ProcessServer
 from tests.service.test_api import NEGATIVE, POSITIVE, metric
 
 TEXTS = [POSITIVE, NEGATIVE] * 16  # 32 texts a request, so a request is real work

@@ -12,7 +12,7 @@ import pytest
 from service.errors import UserError
 from service.repository import valid_name
 from service.settings import load_settings
-from tests.service.conftest import ProcessServer
+from tests.fixtures import ProcessServer
 from tests.service.test_api import POSITIVE
 
 CLASSIFY = {"model": "reviews", "texts": [POSITIVE]}

@@ -1,4 +1,5 @@
-"""Real servers on loopback: uvicorn in a thread (for fault injection) or a `seqserve serve` process."""
+"""Shared fixtures: tiny models trained once per session, and real servers on loopback (uvicorn in a thread for
+fault injection, or a `seqserve serve` process)."""
 
 from __future__ import annotations
 

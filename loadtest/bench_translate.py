@@ -1,0 +1,14 @@
+"""Translation benchmark: a short/long mix per scheduler mode (same as `seqserve bench translate`).
+
+    .venv/bin/python loadtest/bench_translate.py --repo model_repository --out docs/benchmarks
+    .venv/bin/python loadtest/bench_translate.py --repo model_repository --modes continuous,static --beam-size 1
+
+The code lives in service/bench/ so that the installed `seqserve` command has it too.
+"""
+
+import sys
+
+from service.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main(["bench", "translate", *sys.argv[1:]]))

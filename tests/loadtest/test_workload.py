@@ -1,0 +1,126 @@
+"""The locust users' answer checks: right answers pass, and each way of being wrong is caught and named."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from loadtest.workload import (
+    CheckCounter,
+    ExpectedLabels,
+    check_classification,
+    check_stream,
+    check_translation,
+    parse_check_line,
+    parse_sse,
+    step_users,
+)
+
+GOOD_CLASSIFY = {"model": "reviews", "version": 1,
+                 "results": [{"label": "pos", "score": 0.75, "probabilities": {"neg": 0.25, "pos": 0.75}}]}
+GOOD_TRANSLATE = {"model": "numbers", "version": 1, "results": [{"translation": "eins zwei", "score": -0.3}]}
+
+
+def sse(*events: tuple[str, dict]) -> str:
+    return "".join(f"event: {e}\ndata: {json.dumps(d)}\n\n" for e, d in events)
+
+
+GOOD_STREAM = sse(("token", {"index": 0, "token_id": 7, "text": "eins"}),
+                  ("token", {"index": 1, "token_id": 9, "text": " zwei"}),
+                  ("done", {"translation": "eins zwei", "score": -0.3, "target_tokens": ["eins", " zwei"]}))
+
+
+def broken(path: str, value: object) -> dict:
+    """GOOD_CLASSIFY with one field of its first result replaced."""
+    body = copy.deepcopy(GOOD_CLASSIFY)
+    body["results"][0][path] = value
+    return body
+
+
+def test_a_right_classification_passes_with_and_without_known_labels():
+    assert check_classification(GOOD_CLASSIFY, 1, {"pos", "neg"}) is None
+    assert check_classification(GOOD_CLASSIFY, 1, None) is None
+
+
+@pytest.mark.parametrize(("body", "n", "labels", "message"), [
+    ({"error": "boom"}, 1, None, "no results list"),
+    (GOOD_CLASSIFY, 2, None, "1 results for 2 texts"),
+    (GOOD_CLASSIFY, 1, {"fresh", "rotten"}, "are not the model's"),
+    (broken("label", "fresh"), 1, None, "is not one of"),
+    (broken("probabilities", {"neg": 0.5, "pos": 0.75}), 1, None, "do not form a distribution"),
+    (broken("probabilities", {"neg": -0.25, "pos": 1.25}), 1, None, "do not form a distribution"),
+    (broken("label", "neg"), 1, None, "not the most probable"),
+    (broken("score", 0.5), 1, None, "is not the label's probability"),
+    (broken("probabilities", {}), 1, None, "no probabilities"),
+    (broken("probabilities", {"neg": "x", "pos": 0.75}), 1, None, "no probabilities"),
+])
+def test_a_wrong_classification_is_caught(body, n, labels, message):
+    error = check_classification(body, n, labels)
+    assert error is not None and message in error
+
+
+def test_expected_labels_are_given_or_learnt_from_the_first_right_answer():
+    given = ExpectedLabels()
+    given.expect("fresh, rotten")
+    assert "are not the model's" in given.check(GOOD_CLASSIFY, 1)
+    learnt = ExpectedLabels()
+    learnt.expect("")
+    assert learnt.check(broken("label", "x"), 1) is not None and learnt.labels is None  # not learnt from a bad one
+    assert learnt.check(GOOD_CLASSIFY, 1) is None and learnt.labels == {"neg", "pos"}
+    other = copy.deepcopy(GOOD_CLASSIFY)
+    other["results"][0]["probabilities"] = {"pos": 0.75, "neg": 0.2, "meh": 0.05}
+    assert "are not the model's" in learnt.check(other, 1)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"results": [{"translation": "", "score": -1.0}]}, "empty translation"),
+    ({"results": [{"translation": "   ", "score": -1.0}]}, "empty translation"),
+    ({"results": [{"translation": "eins", "score": None}]}, "is not a number"),
+    ({"results": [{"translation": "eins", "score": float("nan")}]}, "is not a number"),
+    ({"results": []}, "0 results for 1 texts"),
+    ([], "no results list"),
+])
+def test_translations_must_be_non_empty_with_a_score(body, message):
+    assert check_translation(GOOD_TRANSLATE, 1) is None
+    error = check_translation(body, 1)
+    assert error is not None and message in error
+
+
+@pytest.mark.parametrize(("stream", "message"), [
+    ("", "no events"),
+    (sse(("token", {"index": 0, "text": "eins"}), ("error", {"error": "deadline exceeded"})), "error event"),
+    (sse(("token", {"index": 0, "text": "eins"})), "not 'done'"),
+    (sse(("token", {"index": 1, "text": "eins"}), ("done", {"translation": "eins", "score": 0.0})), "numbered"),
+    (sse(("done", {"translation": "eins", "score": 0.0})), "numbered"),
+    (sse(("token", {"index": 0, "text": ""}), ("done", {"translation": "", "score": 0.0})), "empty translation"),
+    (sse(("ping", {}), ("token", {"index": 0}), ("done", {"translation": "x", "score": 0.0})), "other than 'token'"),
+])
+def test_a_broken_stream_is_caught(stream, message):
+    assert check_stream(GOOD_STREAM) is None
+    error = check_stream(stream)
+    assert error is not None and message in error
+
+
+def test_parse_sse_reads_events_and_multi_line_data():
+    text = 'event: token\r\ndata: {"index": 0}\r\n\r\ndata: {"a":\ndata: 1}\n\nevent: x\ndata: not json\n\n'
+    assert parse_sse(text) == [("token", {"index": 0}), ("message", {"a": 1}), ("x", None)]
+
+
+def test_check_counts_round_trip_through_the_log_line():
+    counter = CheckCounter()
+    for outcome in ("ok", "ok", "failed"):
+        counter.record("classify", outcome)
+    counter.record("stream", "http_error")
+    log = f"some line\n[INFO] {counter.log_line()}\nlast line\n"
+    assert parse_check_line(log) == {"classify": {"ok": 2, "failed": 1, "http_error": 0},
+                                     "stream": {"ok": 0, "failed": 0, "http_error": 1}}
+    with pytest.raises(ValueError, match="no content-check line"):
+        parse_check_line("nothing here")
+
+
+def test_step_load_adds_users_each_step_and_stops_after_the_last():
+    schedule = [step_users(t, 4, 10.0, 3) for t in (0.0, 9.9, 10.0, 25.0, 29.9, 30.0)]
+    assert schedule == [4, 4, 8, 12, 12, None]
+    assert step_users(1000.0, 2, 10.0, 0) == 202  # no step limit: -t bounds the run
