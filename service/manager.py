@@ -78,7 +78,7 @@ class ModelManager:
                 self.failures[name] = Failure(number, reason)
                 self.metrics.model_ready.labels(name).set(0)
                 raise ModelNotReady(f"model {name!r} version {number} failed to load: {reason}") from None
-            model.start(self.settings, self.metrics)  # type: ignore[attr-defined]
+            model.start(self.settings, self.metrics)
             old = self.models.get(name)
             self.models[name] = model
             self.failures.pop(name, None)

@@ -68,6 +68,10 @@ class ServedModel:
     def warm_up(self) -> None:
         raise NotImplementedError
 
+    def start(self, settings: Settings, metrics: Metrics) -> None:
+        """Create the work queue (needs the running event loop)."""
+        raise NotImplementedError
+
 
 class ServedClassifier(ServedModel):
     kind = "classifier"

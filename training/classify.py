@@ -15,6 +15,7 @@ from models.classifier import ClassifierConfig, RNNClassifier
 from service.text import TextEncoder
 from training.batching import bucket_batches, to_tensors
 from training.data import DataError, Example, read_labelled, stratified_split
+from training.embeddings import pretrained_embeddings
 from training.evaluate import evaluate_version
 from training.export import export_run
 from training.loop import Batch, TrainConfig, fit, init_distributed, seed_everything
@@ -71,6 +72,8 @@ class ClassifierJob:
     version: int | None = None
     work_dir: Path | None = None
     resume: bool = False
+    embeddings: str | None = None  # pretrained word vectors for the embedding layer (see training/embeddings.py)
+    adversarial: float = 0.0  # norm of the adversarial embedding perturbation; 0 turns it off
 
 
 class ClassifierTask:
@@ -79,8 +82,9 @@ class ClassifierTask:
     unit = "examples"
 
     def __init__(self, train: list[tuple[list[int], int]], valid: list[tuple[list[int], int]], seed: int,
-                 device: torch.device) -> None:
+                 device: torch.device, adversarial: float = 0.0) -> None:
         self.train, self.valid, self.seed, self.device = train, valid, seed, device
+        self.adversarial = adversarial
 
     def train_batches(self, epoch: int, batch_size: int) -> Sequence[Batch]:
         groups = bucket_batches(self.train, batch_size, lambda e: len(e[0]), self.seed + epoch)
@@ -91,8 +95,14 @@ class ClassifierTask:
         return {"ids": ids, "lengths": lengths, "labels": torch.tensor([g[1] for g in group])}
 
     def step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, int]:
-        logits = model(batch["ids"].to(self.device), batch["lengths"].to(self.device))
-        return F.cross_entropy(logits, batch["labels"].to(self.device)), len(batch["labels"])
+        ids, lengths, labels = (batch[k].to(self.device) for k in ("ids", "lengths", "labels"))
+        loss = F.cross_entropy(model(ids, lengths), labels)
+        if self.adversarial > 0:  # Miyato et al. 2017: also fit the worst small shift of the embeddings
+            embedded = getattr(model, "module", model).embedded
+            (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)
+            r_adv = self.adversarial * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
+            loss = loss + F.cross_entropy(model(ids, lengths, perturb=r_adv.detach()), labels)
+        return loss, len(labels)
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         preds, gold, loss = [], [], 0.0
@@ -128,10 +138,18 @@ def train_classifier(job: ClassifierJob) -> Path | None:
         return list(zip(encoder.ids([e.text for e in examples]), [index[e.label] for e in examples], strict=True))
 
     seed_everything(job.train.seed)
+    vectors = None
+    if job.embeddings:
+        vectors = pretrained_embeddings(job.embeddings, encoder.tokenizer, job.train.seed)
+        job.model["emb_dim"] = vectors.matrix.shape[1]
     cfg = ClassifierConfig(vocab_size=encoder.vocab_size, num_classes=len(labels), **job.model)  # type: ignore[arg-type]
     model = RNNClassifier(cfg)
+    if vectors is not None:
+        with torch.no_grad():
+            model.embedding.weight.copy_(torch.from_numpy(vectors.matrix))
+        log.info("embeddings from %s: %.1f%% of the vocabulary found", job.embeddings, 100 * vectors.coverage)
     device = torch.device("cuda" if job.train.device.startswith("cuda") else "cpu")
-    task = ClassifierTask(encode(train), encode(valid), job.train.seed, device)
+    task = ClassifierTask(encode(train), encode(valid), job.train.seed, device, job.adversarial)
     log.info("training %s classifier on %d examples (%d valid, %d test), %d labels, vocab %d",
              cfg.cell, len(train), len(valid), len(test), len(labels), encoder.vocab_size)
     if env.main:
@@ -141,7 +159,8 @@ def train_classifier(job: ClassifierJob) -> Path | None:
     if not env.main:
         return None
     version_dir = export_run(work_dir, job.out, job.version, [e.text for e in test],
-                             training={**vars(job.train), "best_epoch": history.best_epoch + 1,
+                             training={**vars(job.train), "embeddings": job.embeddings,
+                                       "adversarial": job.adversarial, "best_epoch": history.best_epoch + 1,
                                        "history": history.epochs})
     evaluate_version(version_dir, test, split="test")
     VersionWriter(version_dir).write_card()
