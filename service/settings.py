@@ -20,11 +20,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: onnxruntime decides)")
+    intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads per session (0: onnxruntime "
+                                  "decides); 1 leaves the other cores to HTTP and tokenization")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
 
     max_batch_size: int = Field(64, ge=1, le=4096)
-    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
+    max_queue_delay_ms: float = Field(0.0, ge=0, le=10_000, description="wait this long for a fuller batch when "
+                                      "the model is idle (0: go at once; batches still form while it is busy)")
     max_queue_size: int = Field(1024, ge=1, description="texts waiting per model before 503")
     retry_after_s: int = Field(1, ge=1)
     default_timeout_s: float = Field(0, ge=0, description="per-request deadline when none is given (0: none)")
