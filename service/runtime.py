@@ -43,7 +43,11 @@ def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
     so.inter_op_num_threads = 1
     so.graph_optimization_level = OPT_LEVELS[opts.graph_optimization]
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=providers_for(opts.device))
+    session = ort.InferenceSession(str(path), sess_options=so, providers=providers_for(opts.device))
+    if opts.device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError("device 'cuda' asked for, but onnxruntime fell back to the CPU (check the CUDA and "
+                           "cuDNN libraries onnxruntime-gpu needs)")
+    return session
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

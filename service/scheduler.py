@@ -187,6 +187,7 @@ class DecodeEngine:
         row_slots = np.repeat([r.slot for r in stepping], [s.rows for s in searches])
         memory, keys, mask = self._context_for(row_slots)
         tokens = np.concatenate([s.tokens() for s in searches])  # (R,)
+        self.metrics.batch_size.labels(self.name).observe(len(tokens))  # rows in this decoder step
         start = time.perf_counter()
         log_probs, attention, states = self.runner.step(tokens, memory, keys, mask, self.states)
         self.metrics.decode_step.labels(self.name).observe(time.perf_counter() - start)

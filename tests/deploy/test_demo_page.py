@@ -1,0 +1,111 @@
+"""The demo page at `/` in headless Chromium: classify, translate with an attention heatmap, show errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.deploy.conftest import tool
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                  "--disable-sync", "--window-size=1280,1400"]
+SCREENSHOT_COPY = os.environ.get("SEQSERVE_DEMO_SCREENSHOT")  # set to keep the screenshot for a look
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = tool("chromium")
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=ChromeService(executable_path=tool("chromedriver")))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def fill(driver: WebDriver, element_id: str, text: str) -> None:
+    field = driver.find_element(By.ID, element_id)
+    field.clear()
+    field.send_keys(text)
+
+
+def wait_text(driver: WebDriver, element_id: str, timeout: float = 30) -> str:
+    """The element's text once it is visible and not empty."""
+    def ready(d: WebDriver) -> str | bool:
+        element = d.find_element(By.ID, element_id)
+        return element.is_displayed() and element.text.strip()
+
+    return str(WebDriverWait(driver, timeout).until(ready))
+
+
+def test_demo_page_classifies_translates_and_draws_attention(make_server: Any, browser: WebDriver,
+                                                              tmp_path: Path) -> None:
+    server = make_server()
+    page = httpx.get(f"{server.url}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/" not in httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"], "the page is not API"
+    assert httpx.get(f"{server.url}/static/demo.js", timeout=10).headers["content-type"].startswith("text/javascript")
+    for outside in ("app.py", "..%2Fapp.py", "%2E%2E%2F%2E%2E%2Fpyproject.toml"):
+        assert httpx.get(f"{server.url}/static/{outside}", timeout=10).status_code == 404
+
+    browser.get(f"{server.url}/")
+    assert browser.title == "seqserve demo"
+    assert browser.find_element(By.ID, "classify-model").get_attribute("value") == "sentiment"
+    assert browser.find_element(By.ID, "translate-model").get_attribute("value") == "en-de"
+
+    fill(browser, "classify-model", "reviews")
+    fill(browser, "classify-text", "a superb and moving film")
+    browser.find_element(By.ID, "classify-submit").click()
+    label = wait_text(browser, "classify-label")
+    expected = httpx.post(f"{server.url}/v1/classify", json={"model": "reviews", "texts": ["a superb and moving film"]},
+                          timeout=30).json()["results"][0]
+    assert label == expected["label"]
+    rows = browser.find_elements(By.CSS_SELECTOR, "#classify-probabilities tbody tr")
+    assert len(rows) == len(expected["probabilities"])
+
+    fill(browser, "translate-model", "numbers")
+    fill(browser, "translate-text", "two five nine")
+    fill(browser, "translate-beam", "1")
+    browser.find_element(By.ID, "translate-submit").click()
+    translation = wait_text(browser, "translate-output")
+    expected = httpx.post(f"{server.url}/v1/translate", timeout=30, json={
+        "model": "numbers", "texts": ["two five nine"], "beam_size": 1, "return_attention": True}).json()["results"][0]
+    assert translation == expected["translation"]
+    header = browser.find_elements(By.CSS_SELECTOR, "#attention-heatmap thead th")
+    body_rows = browser.find_elements(By.CSS_SELECTOR, "#attention-heatmap tbody tr")
+    assert len(header) == len(expected["source_tokens"]) + 1
+    assert len(body_rows) == len(expected["target_tokens"]) == len(expected["attention"])
+    cells = body_rows[0].find_elements(By.TAG_NAME, "td")
+    assert len(cells) == len(expected["source_tokens"])
+    assert all("rgba(39, 84, 197" in (c.get_attribute("style") or "") for c in cells)
+    assert "error" not in (browser.find_element(By.ID, "translate-status").get_attribute("class") or "")
+
+    screenshot = tmp_path / "demo.png"
+    assert browser.save_screenshot(str(screenshot))
+    data = screenshot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    if SCREENSHOT_COPY:
+        shutil.copy(screenshot, SCREENSHOT_COPY)
+
+    fill(browser, "classify-model", "no-such-model")
+    browser.find_element(By.ID, "classify-submit").click()
+    message = WebDriverWait(browser, 30).until(
+        lambda d: "error" in (d.find_element(By.ID, "classify-status").get_attribute("class") or "")
+        and d.find_element(By.ID, "classify-status").text)
+    assert str(message).startswith("404")
+    assert not browser.find_element(By.ID, "classify-result").is_displayed()
