@@ -172,13 +172,14 @@ def _add_quantize(sub: Any) -> None:
     p = sub.add_parser("quantize", help="write an int8 (dynamic quantization) variant as a new version")
     p.add_argument("model_dir", type=Path, help="model_repository/NAME[/VERSION] (latest version if omitted)")
     p.add_argument("--version", type=int, help="version number to write (default: the next one)")
+    p.add_argument("--out", type=Path, help="model folder to write into (default: the source's own)")
     p.set_defaults(func=_cmd_quantize)
 
 
 def _cmd_quantize(a: argparse.Namespace) -> None:
     from training.quantize import quantize_version
 
-    path = quantize_version(a.model_dir, a.version)
+    path = quantize_version(a.model_dir, a.version, a.out)
     logging.getLogger("seqserve").info("wrote %s", path)
 
 

@@ -6,6 +6,7 @@ All state tensors are batch-first so a runtime can select or repeat rows with `a
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,11 @@ def export_seq2seq(model: Seq2Seq, cfg: Seq2SeqConfig, out_dir: str | Path) -> d
     spec = interface(cfg)
     was_training = model.training
     model = model.cpu().eval()
+    if model.decoder.out.weight is model.decoder.embedding.weight:
+        # Tied weights would become one initializer shared by a Gather and a MatMul, which onnxruntime's int8
+        # quantizer mangles; the exported graph gets its own copy of the output layer instead.
+        model = copy.deepcopy(model)
+        model.decoder.out.weight = nn.Parameter(model.decoder.embedding.weight.detach().clone())
     try:
         src_ids, src_lengths = _example_batch(cfg, [3, 7, 5], seed=0)
         _export(_EncoderGraph(model), (src_ids, src_lengths), out_dir / spec["encoder"]["file"],
