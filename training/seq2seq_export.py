@@ -158,7 +158,7 @@ def export_seq2seq(model: Seq2Seq, cfg: Seq2SeqConfig, out_dir: str | Path) -> d
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = interface(cfg)
-    was_training = model.training
+    caller, was_training = model, model.training
     model = model.cpu().eval()
     if model.decoder.out.weight is model.decoder.embedding.weight:
         # Tied weights would become one initializer shared by a Gather and a MatMul, which onnxruntime's int8
@@ -181,7 +181,7 @@ def export_seq2seq(model: Seq2Seq, cfg: Seq2SeqConfig, out_dir: str | Path) -> d
         _export(step, args, out_dir / decoder["file"], decoder["inputs"], decoder["outputs"])
         worst = check_parity(model, out_dir)
     finally:
-        model.train(was_training)
+        caller.train(was_training)
     if not worst <= PARITY_TOL:
         raise ExportParityError(
             f"ONNX and torch step log-probs differ by {worst:.3g} (tolerance {PARITY_TOL})")
