@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import httpx
 
 from loadtest.workload import parse_check_line
 from tests.conftest import ROOT
@@ -64,3 +68,29 @@ def test_a_200_with_wrong_content_counts_as_a_failure(make_server, tmp_path):
     assert parse_check_line(log) == {"classify": {"ok": 0, "failed": requests, "http_error": 0}}
     failures = (tmp_path / "run_failures.csv").read_text("utf-8")
     assert "are not the model's" in failures
+
+
+def test_load_and_unload_during_a_locust_run_fail_nothing(make_server, repo, tmp_path):
+    """Hot reloads of the models under load, and load/unload of another model: zero failed requests."""
+    shutil.copytree(repo / "reviews" / "1", repo / "reviews" / "2")
+    shutil.copytree(repo / "reviews" / "1", repo / "spare" / "1")
+    server = make_server(enable_model_control=True)
+    stop, control = threading.Event(), []
+
+    def churn() -> None:
+        while not stop.wait(0.5):
+            for path in ("reviews/load", "numbers/load", "spare/load", "spare/unload"):
+                control.append(httpx.post(f"{server.url}/v2/repository/models/{path}", timeout=60).status_code)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        code, _, final, log = run_locust(server.url, tmp_path, "-u", "6", "-r", "6", "-t", "10s",
+                                         "--classifier-labels", "neg,pos")
+    finally:
+        stop.set()
+        worker.join()
+    assert code == 0, log[-3000:]
+    assert sum(entry["num_failures"] for entry in final.values()) == 0
+    assert sum(entry["num_requests"] for entry in final.values()) > 0
+    assert len(control) >= 8 and set(control) == {200}
