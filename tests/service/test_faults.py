@@ -144,7 +144,9 @@ def test_sigterm_during_a_burst_answers_every_accepted_request(repo, tmp_path):
             await asyncio.gather(*tasks)
 
     asyncio.run(scenario())
-    assert server.stop() == 0
+    # Wait for the drain to finish: a second SIGTERM (stop()) during interpreter shutdown would kill it.
+    assert server.proc.wait(60) == 0
+    server.stop()
     answered = [r for r in results if isinstance(r, httpx.Response)]
     assert all(r.status_code == 200 for r in answered)
     log = (tmp_path / "server.log").read_text()
