@@ -71,6 +71,14 @@ def plan_batch(queue: Sequence[Waiting], now: float, max_batch_size: int, max_de
     return Plan(sorted(window[best:best + max_batch_size]), expired, gone)
 
 
+def check_admission(name: str, closed: bool, would_hold: int, max_queue: int) -> None:
+    """The bounded-queue rule every model queue shares: all of a request fits, or none of it is taken."""
+    if closed:
+        raise ShuttingDown(f"model {name!r} is not accepting requests")
+    if would_hold > max_queue:
+        raise QueueFull(f"model {name!r} queue is full ({max_queue} texts)")
+
+
 @dataclass
 class _Item:
     payload: Any
@@ -89,7 +97,6 @@ class DynamicBatcher:
         self.max_batch_size, self.max_delay_s, self.max_queue = max_batch_size, max_delay_s, max_queue
         self._queue: list[_Item] = []
         self._wake = asyncio.Event()
-        self._busy = False
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{name}")
@@ -101,10 +108,7 @@ class DynamicBatcher:
     def submit(self, payloads: Sequence[Any], lengths: Sequence[int],
                deadline: float | None = None) -> list[asyncio.Future[Any]]:
         """Queue every payload or none (all-or-nothing admission); one future per payload."""
-        if self._closed:
-            raise ShuttingDown(f"model {self.name!r} is not accepting requests")
-        if len(self._queue) + len(payloads) > self.max_queue:
-            raise QueueFull(f"model {self.name!r} queue is full ({self.max_queue} texts)")
+        check_admission(self.name, self._closed, len(self._queue) + len(payloads), self.max_queue)
         loop, now = asyncio.get_running_loop(), self.clock()
         futures = []
         for payload, length in zip(payloads, lengths, strict=True):
@@ -149,7 +153,6 @@ class DynamicBatcher:
         for item in batch:
             self.metrics.queue_wait.labels(self.name).observe(start - item.enqueued)
         self.metrics.batch_size.labels(self.name).observe(len(batch))
-        self._busy = True
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self.run, [item.payload for item in batch])
@@ -160,7 +163,6 @@ class DynamicBatcher:
                     item.future.set_exception(exc)
             return
         finally:
-            self._busy = False
             self.metrics.inference.labels(self.name).observe(self.clock() - start)
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
+from service.batcher import DeadlineExceeded, ShuttingDown, check_admission
 from service.decoding import Search, Seq2SeqRunner, advance_searches
 from service.metrics import Metrics
 from service.text import pad_batch
@@ -219,10 +219,7 @@ class ContinuousScheduler:
     def submit(self, payloads: Sequence[Any], lengths: Sequence[int], deadline: float | None = None,
                on_tokens: Callable[[list[int]], None] | None = None) -> list[asyncio.Future[Any]]:
         """Queue every item (TranslateItem) or none; one future per item."""
-        if self._closed:
-            raise ShuttingDown(f"model {self.name!r} is not accepting requests")
-        if len(self._waiting) + len(payloads) > self.max_queue:
-            raise QueueFull(f"model {self.name!r} queue is full ({self.max_queue} texts)")
+        check_admission(self.name, self._closed, len(self._waiting) + len(payloads), self.max_queue)
         loop, now = asyncio.get_running_loop(), time.monotonic()
         futures: list[asyncio.Future[Any]] = []
         for item in payloads:
