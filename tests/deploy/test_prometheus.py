@@ -69,6 +69,10 @@ class Prometheus:
              f"--web.listen-address={self.url.removeprefix('http://')}", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT)
 
+    def wait_ready(self) -> None:
+        """Until /-/ready answers 200, the query API answers 503 "Service Unavailable" (TSDB still opening)."""
+        self.wait_for("readiness", lambda: httpx.get(f"{self.url}/-/ready", timeout=5).status_code == 200)
+
     def query(self, promql: str) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
         body = response.json()
@@ -85,7 +89,11 @@ class Prometheus:
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        pytest.fail(f"prometheus: {what} not seen within {timeout}s")
+        pytest.fail(f"prometheus: {what} not seen within {timeout}s; log: {self.log_text()[-2000:]}")
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -104,6 +112,7 @@ def prometheus_for(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
 
     def start(target: str) -> Prometheus:
         started.append(Prometheus(scrape_config(target), tmp_path))
+        started[-1].wait_ready()
         return started[-1]
 
     yield start
