@@ -1,4 +1,7 @@
-"""FastAPI dependencies: the app's state objects and the API-key checks."""
+"""FastAPI dependencies: the app's state objects and the API-key checks.
+
+All are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
+dependency per request, which on the hot path cost more than the model itself."""
 
 from __future__ import annotations
 
@@ -21,17 +24,21 @@ class Forbidden(UserError):
     """403: the endpoint is disabled by configuration."""
 
 
-def get_settings(request: Request) -> Settings:
+def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_manager(request: Request) -> ModelManager:
+async def get_settings(request: Request) -> Settings:
+    return _settings(request)
+
+
+async def get_manager(request: Request) -> ModelManager:
     manager: ModelManager = request.app.state.manager
     return manager
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
@@ -48,14 +55,14 @@ def _check_key(request: Request, expected: str) -> None:
         raise Unauthorized("missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
 
 
-def require_inference_key(request: Request) -> None:
-    key = get_settings(request).api_key
+async def require_inference_key(request: Request) -> None:
+    key = _settings(request).api_key
     if key:
         _check_key(request, key)
 
 
-def require_control_key(request: Request) -> None:
-    settings = get_settings(request)
+async def require_control_key(request: Request) -> None:
+    settings = _settings(request)
     if not settings.model_control_enabled:
         raise Forbidden("model control is disabled; set SEQSERVE_CONTROL_API_KEY or SEQSERVE_ENABLE_MODEL_CONTROL")
     if settings.control_api_key:
