@@ -1,9 +1,14 @@
 """Seq2seq decoding over ONNX Runtime: a generic graph runner and per-request search state machines.
 
-A search is pure numpy: each step it says how many decoder rows it needs and which tokens they
-feed, then `advance` consumes those rows' log-probs and returns, for every row of the next step,
-the index of the row it continues from. That contract lets one decoder call serve rows of many
-requests (here `translate_batch`; later a continuous-batching scheduler).
+A search is pure numpy: each step it says how many decoder rows it needs, which tokens they feed
+and how many candidates per row it looks at; `advance` consumes those rows' best candidates (token
+ids and log-probs, best first) and returns, for every row of the next step, the index of the row it
+continues from. That contract lets one decoder call serve rows of many requests (`translate_batch`,
+and the continuous-batching scheduler).
+
+Decoder graphs exported by seqserve pick each row's best candidates themselves (a TopK node fed by
+the `top_k` input), so the (rows, vocabulary) log-probs never leave onnxruntime; for older graphs
+`top_k_rows` does the same selection in numpy, with the same order.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from service.text import BOS_ID, EOS_ID
 
 SENTENCE_INPUTS = ("memory", "keys", "src_mask")  # per-sentence step inputs, shared by a sentence's rows
+TOP_K_INPUT, TOP_K_OUTPUTS = "top_k", ("top_log_probs", "top_ids")  # in-graph candidate selection
 MEMORY_OUTPUTS = ("memory", "keys")  # encoder outputs that are not decoder state
 
 
@@ -48,13 +54,14 @@ class Hypothesis:
 class Seq2SeqRunner:
     """Runs encoder.onnx and the one-step decoder.onnx; learns the state names from the graphs."""
 
-    def __init__(self, encoder_session: Any, decoder_session: Any) -> None:
+    def __init__(self, encoder_session: Any, decoder_session: Any, graph_top_k: bool = True) -> None:
+        """graph_top_k=False selects candidates in numpy even when the step graph could (for comparisons)."""
         self.encoder = encoder_session
         self.decoder = decoder_session
         enc_outputs = [o.name for o in encoder_session.get_outputs()]
         self.state_names = [n for n in enc_outputs if n not in MEMORY_OUTPUTS]
         self.step_inputs = [i.name for i in decoder_session.get_inputs()]
-        step_states = [n for n in self.step_inputs if n != "tokens" and n not in SENTENCE_INPUTS]
+        step_states = [n for n in self.step_inputs if n not in ("tokens", TOP_K_INPUT) and n not in SENTENCE_INPUTS]
         if "memory" not in enc_outputs or "tokens" not in self.step_inputs:
             raise ValueError("encoder graph must output 'memory' and decoder graph must take 'tokens'")
         if sorted(step_states) != sorted(self.state_names):
@@ -64,6 +71,12 @@ class Seq2SeqRunner:
         if missing:
             raise ValueError(f"decoder graph lacks outputs {sorted(missing)}")
         self.attends = "attention" in step_outputs
+        self.top_k_in_graph = graph_top_k and TOP_K_INPUT in self.step_inputs and set(TOP_K_OUTPUTS) <= step_outputs
+        width = next(o.shape for o in decoder_session.get_outputs() if o.name == "log_probs")[-1]
+        self.vocab = width if isinstance(width, int) else None  # TopK refuses k above the vocabulary
+        scores = list(TOP_K_OUTPUTS) if self.top_k_in_graph else ["log_probs"]
+        self._step_outputs = [*scores, *(["attention"] if self.attends else []),
+                              *(f"{n}_out" for n in self.state_names)]
 
     def encode(self, src_ids: np.ndarray, src_lengths: np.ndarray) -> EncoderOutput:
         """src_ids (B, S) int64 padded, src_lengths (B,) int64 -> memory, keys, mask, initial states."""
@@ -81,15 +94,45 @@ class Seq2SeqRunner:
 
     def step(
         self, tokens: np.ndarray, memory: np.ndarray | None, keys: np.ndarray | None,
-        src_mask: np.ndarray | None, states: dict[str, np.ndarray],
-    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-        """One decoder step for R rows -> log_probs (R, V), attention (R, S) or None, next states."""
+        src_mask: np.ndarray | None, states: dict[str, np.ndarray], k: int = 1,
+    ) -> StepOutput:
+        """One decoder step for R rows: each row's k best next tokens, attention (R, S) or None, next states."""
+        if self.vocab is not None:
+            k = min(k, self.vocab)
         available = {"tokens": np.asarray(tokens, dtype=np.int64), "memory": memory, "keys": keys,
-                     "src_mask": src_mask, **states}
+                     "src_mask": src_mask, TOP_K_INPUT: np.array([k], dtype=np.int64), **states}
         feeds = {name: available[name] for name in self.step_inputs}
-        names = [o.name for o in self.decoder.get_outputs()]
-        out = dict(zip(names, self.decoder.run(None, feeds), strict=True))
-        return out["log_probs"], out.get("attention"), {n: out[f"{n}_out"] for n in self.state_names}
+        out = dict(zip(self._step_outputs, self.decoder.run(self._step_outputs, feeds), strict=True))
+        if self.top_k_in_graph:
+            top_log_probs, top_ids = out["top_log_probs"], out["top_ids"]
+        else:
+            top_log_probs, top_ids = top_k_rows(out["log_probs"], k)
+        return StepOutput(top_log_probs, top_ids, out.get("attention"),
+                          {n: out[f"{n}_out"] for n in self.state_names})
+
+
+@dataclass
+class StepOutput:
+    top_log_probs: np.ndarray  # (R, k) float32, each row best first
+    top_ids: np.ndarray  # (R, k) int64 token ids; equal log-probs in ascending id order
+    attention: np.ndarray | None  # (R, S), None for a graph without attention
+    states: dict[str, np.ndarray]  # next decoder states, each (R, ...)
+
+
+def top_k_rows(log_probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k largest values and their indices, best first, ties by lower index (ONNX TopK's order)."""
+    k = min(k, log_probs.shape[1])
+    if k < log_probs.shape[1]:
+        ids = np.argpartition(-log_probs, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(log_probs, ids, axis=1).min(axis=1)
+        for row in np.flatnonzero((log_probs >= kth[:, None]).sum(axis=1) > k):  # ties at the k-th value
+            tied = np.flatnonzero(log_probs[row] >= kth[row])
+            ids[row] = tied[np.lexsort((tied, -log_probs[row, tied]))][:k]
+    else:
+        ids = np.broadcast_to(np.arange(k), log_probs.shape)
+    values = np.take_along_axis(log_probs, ids, axis=1)
+    order = np.lexsort((ids, -values), axis=-1)
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(ids, order, axis=1).astype(np.int64)
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -110,9 +153,15 @@ class Search(Protocol):
     @property
     def rows(self) -> int: ...
 
+    @property
+    def candidates(self) -> int:
+        """How many of each row's best next tokens `advance` needs."""
+        ...
+
     def tokens(self) -> np.ndarray: ...
 
-    def advance(self, log_probs: np.ndarray, attention: np.ndarray | None) -> np.ndarray: ...
+    def advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray, attention: np.ndarray | None) -> np.ndarray:
+        ...
 
     def certain(self) -> list[int]:
         """The tokens every possible final answer starts with (what a stream may send already)."""
@@ -147,12 +196,14 @@ class GreedySearch:
     def rows(self) -> int:
         return 0 if self.done else 1
 
+    candidates = 1
+
     def tokens(self) -> np.ndarray:
         return np.array([self._tokens[-1] if self._tokens else BOS_ID], dtype=np.int64)
 
-    def advance(self, log_probs: np.ndarray, attention: np.ndarray | None) -> np.ndarray:
-        y = int(np.argmax(log_probs[0]))
-        self._log_prob += float(log_probs[0, y])
+    def advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray, attention: np.ndarray | None) -> np.ndarray:
+        y = int(top_ids[0, 0])  # the argmax, the lowest id among equals
+        self._log_prob += float(top_log_probs[0, 0])
         self._width = None if attention is None else attention.shape[1]
         if y == EOS_ID:
             self._finished = self.done = True
@@ -207,36 +258,39 @@ class BeamSearch:
     def rows(self) -> int:
         return 0 if self.done else len(self._beams)
 
+    @property
+    def candidates(self) -> int:
+        return 2 * self.beam_size
+
     def tokens(self) -> np.ndarray:
         return np.array([b.tokens[-1] if b.tokens else BOS_ID for b in self._beams], dtype=np.int64)
-
-    def _top(self, scores: np.ndarray, n: int) -> np.ndarray:
-        """Flat indices of the n best scores, best first, ties broken by lower index (as np.argmax)."""
-        picked = np.argpartition(-scores, n - 1)[:n] if n < scores.size else np.arange(scores.size)
-        return picked[np.lexsort((picked, -scores[picked]))]
 
     def _hypothesis(self, beam: _Beam, log_prob: float, finished: bool, width: int | None) -> Hypothesis:
         length = len(beam.tokens) + int(finished)
         return Hypothesis(list(beam.tokens), log_prob / length_penalty(length, self.alpha), log_prob,
                           _stack(beam.attention, width), finished)
 
-    def advance(self, log_probs: np.ndarray, attention: np.ndarray | None) -> np.ndarray:
-        k, vocab = self.beam_size, log_probs.shape[1]
+    def advance(self, top_log_probs: np.ndarray, top_ids: np.ndarray, attention: np.ndarray | None) -> np.ndarray:
+        k = self.beam_size
         width = None if attention is None else attention.shape[1]
         self._steps += 1
-        totals = np.array([b.log_prob for b in self._beams])[:, None] + log_probs  # (rows, V)
-        flat = totals.ravel()  # (rows * V,)
+        # The 2k best (row, token) continuations overall are among the rows' own 2k best, since a row's
+        # summed log-prob shifts all its candidates alike. Order: total desc, then row, then token id.
+        totals = (np.array([b.log_prob for b in self._beams])[:, None] + top_log_probs).ravel()
+        parents_of = np.repeat(np.arange(top_ids.shape[0]), top_ids.shape[1])
+        ids = top_ids.ravel()
+        ranked = np.lexsort((ids, parents_of, -totals))[: 2 * k]
         beams, parents = [], []
         # Each row has one EOS candidate, so the 2k best hold at least k non-EOS continuations.
-        for rank, index in enumerate(self._top(flat, min(2 * k, flat.size))):
-            parent, y = divmod(int(index), vocab)
+        for rank, index in enumerate(ranked):
+            parent, y, total = int(parents_of[index]), int(ids[index]), float(totals[index])
             beam = self._beams[parent]
             if y == EOS_ID:
                 if rank < k:
-                    self._finished.append(self._hypothesis(beam, float(flat[index]), True, width))
+                    self._finished.append(self._hypothesis(beam, total, True, width))
                 continue
             rows = [*beam.attention, attention[parent]] if attention is not None else []
-            beams.append(_Beam([*beam.tokens, y], rows, float(flat[index])))
+            beams.append(_Beam([*beam.tokens, y], rows, total))
             parents.append(parent)
             if len(beams) == k:
                 break
@@ -292,16 +346,21 @@ def search_factory(
     return make
 
 
+def step_candidates(searches: Sequence[Search]) -> int:
+    """Candidates per row one shared decoder step must return: the most any of its searches needs."""
+    return max((s.candidates for s in searches), default=1)
+
+
 def advance_searches(
-    searches: Sequence[Search], log_probs: np.ndarray, attention: np.ndarray | None,
-    src_lengths: Sequence[int],
+    searches: Sequence[Search], step: StepOutput, src_lengths: Sequence[int],
 ) -> np.ndarray:
     """Give each search its slice of the step; -> for every next-step row, the step row it continues."""
     follow, start = [], 0
     for search, src_len in zip(searches, src_lengths, strict=True):
         rows = slice(start, start + search.rows)
-        weights = None if attention is None else attention[rows, :src_len]  # (rows, src_len)
-        follow.append(start + search.advance(log_probs[rows], weights))
+        weights = None if step.attention is None else step.attention[rows, :src_len]  # (rows, src_len)
+        follow.append(start + search.advance(step.top_log_probs[rows, : search.candidates],
+                                             step.top_ids[rows, : search.candidates], weights))
         start = rows.stop
     return np.concatenate(follow) if follow else np.zeros(0, dtype=np.int64)
 
@@ -328,12 +387,10 @@ def translate_batch(
     while owners.size:
         if context_owners is None or not np.array_equal(owners, context_owners):
             context, context_owners = encoded.select(owners), owners
-        active = [i for i, s in enumerate(searches) if s.rows]
-        tokens = np.concatenate([searches[i].tokens() for i in active])  # (R,)
-        log_probs, attention, states = runner.step(
-            tokens, context.memory, context.keys, context.src_mask, states)
-        follow = advance_searches(
-            [searches[i] for i in active], log_probs, attention, src_lengths[active].tolist())
+        active = [searches[i] for i, s in enumerate(searches) if s.rows]
+        tokens = np.concatenate([s.tokens() for s in active])  # (R,)
+        step = runner.step(tokens, context.memory, context.keys, context.src_mask, states, step_candidates(active))
+        follow = advance_searches(active, step, src_lengths[[i for i, s in enumerate(searches) if s.rows]].tolist())
         owners = owners[follow]
-        states = {name: s[follow] for name, s in states.items()}
+        states = {name: s[follow] for name, s in step.states.items()}
     return [s.result() for s in searches]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from service.batcher import DeadlineExceeded, ShuttingDown, check_admission
-from service.decoding import Search, Seq2SeqRunner, advance_searches
+from service.decoding import Search, Seq2SeqRunner, advance_searches, step_candidates
 from service.metrics import Metrics
 from service.text import pad_batch
 from service.translator import DecodeOptions, Translation, TranslatorRuntime
@@ -189,11 +189,10 @@ class DecodeEngine:
         tokens = np.concatenate([s.tokens() for s in searches])  # (R,)
         self.metrics.batch_size.labels(self.name).observe(len(tokens))  # rows in this decoder step
         start = time.perf_counter()
-        log_probs, attention, states = self.runner.step(tokens, memory, keys, mask, self.states)
+        step = self.runner.step(tokens, memory, keys, mask, self.states, step_candidates(searches))
         self.metrics.decode_step.labels(self.name).observe(time.perf_counter() - start)
-        follow = advance_searches(searches, log_probs, attention,
-                                  [int(self.buffers.lengths[r.slot]) for r in stepping])
-        self.states = {k: v[follow] for k, v in states.items()}
+        follow = advance_searches(searches, step, [int(self.buffers.lengths[r.slot]) for r in stepping])
+        self.states = {k: v[follow] for k, v in step.states.items()}
         self.metrics.generated_tokens.labels(self.name).inc(len(stepping))
         return [r for r in stepping if r.search is not None and r.search.done]
 

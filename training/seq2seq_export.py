@@ -2,6 +2,9 @@
 
 The TorchScript exporter (`dynamo=False`) is used: `torch.export` cannot trace `pack_padded_sequence`.
 All state tensors are batch-first so a runtime can select or repeat rows with `arr[idx]`.
+The step graph ends in a TopK (`top_k` in; `top_log_probs`, `top_ids` out), so a search reads each
+row's few best candidates instead of copying out and scanning (rows, vocabulary) log-probs, and its
+output layer is a MatMul, which onnxruntime's dynamic int8 quantizer handles (it leaves Gemm in float).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.seq2seq import Seq2Seq, Seq2SeqConfig
+from service.decoding import TOP_K_INPUT, TOP_K_OUTPUTS
 from service.text import BOS_ID, EOS_ID, PAD_ID
 
 OPSET = 17
@@ -73,6 +77,41 @@ class _BaselineStepGraph(nn.Module):
         return F.log_softmax(logits, dim=1), *(new_state[n] for n in self.model.cfg.state_names)
 
 
+class _MatMulLinear(nn.Module):
+    """x W^T + b exported as MatMul and Add rather than Gemm; the weight is stored transposed (no Transpose node)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous().clone())
+        self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.matmul(x, self.weight_t)
+        return y + self.bias if self.bias is not None else y
+
+
+def add_top_k(path: Path) -> None:
+    """Append each row's best candidates to a step graph: TopK(log_probs, top_k) -> top_log_probs, top_ids.
+
+    ONNX TopK orders equal values by lower index, as argmax does, so searches choose as before.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(i.name == TOP_K_INPUT for i in graph.input):
+        return
+    graph.input.append(helper.make_tensor_value_info(TOP_K_INPUT, TensorProto.INT64, [1]))
+    graph.node.append(helper.make_node("TopK", ["log_probs", TOP_K_INPUT], list(TOP_K_OUTPUTS), name="top_k",
+                                       axis=-1, largest=1, sorted=1))
+    values, ids = TOP_K_OUTPUTS
+    graph.output.extend([helper.make_tensor_value_info(values, TensorProto.FLOAT, ["B", "k"]),
+                         helper.make_tensor_value_info(ids, TensorProto.INT64, ["B", "k"])])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def interface(cfg: Seq2SeqConfig) -> dict[str, Any]:
     """Graph files, input/output names and state names; goes into config.json under `graphs`."""
     states = cfg.state_names
@@ -87,8 +126,9 @@ def interface(cfg: Seq2SeqConfig) -> dict[str, Any]:
         },
         "decoder": {
             "file": "decoder.onnx",
-            "inputs": ["tokens", *memory_names, *(["src_mask"] if attended else []), *states],
-            "outputs": ["log_probs", *(["attention"] if attended else []), *(f"{n}_out" for n in states)],
+            "inputs": ["tokens", *memory_names, *(["src_mask"] if attended else []), *states, TOP_K_INPUT],
+            "outputs": ["log_probs", *(["attention"] if attended else []), *(f"{n}_out" for n in states),
+                        *TOP_K_OUTPUTS],
         },
         "states": states,
         "opset": OPSET,
@@ -138,7 +178,8 @@ def check_parity(model: Seq2Seq, out_dir: Path, steps: int = 3, seed: int = 1) -
     memory, keys, src_mask, state = model.encode(src_ids, src_lengths)
     onnx_out = dict(zip(spec["encoder"]["outputs"], encoder.run(None, {
         "src_ids": src_ids.numpy(), "src_lengths": src_lengths.numpy()}), strict=True))
-    feeds = {"memory": onnx_out.get("memory"), "keys": onnx_out.get("keys"), "src_mask": src_mask.numpy()}
+    feeds = {"memory": onnx_out.get("memory"), "keys": onnx_out.get("keys"), "src_mask": src_mask.numpy(),
+             TOP_K_INPUT: np.array([3], dtype=np.int64)}
     onnx_states = {n: onnx_out[n] for n in spec["states"]}
     tokens = torch.full((src_ids.size(0),), BOS_ID, dtype=torch.long)
     worst = 0.0
@@ -147,7 +188,9 @@ def check_parity(model: Seq2Seq, out_dir: Path, steps: int = 3, seed: int = 1) -
         step_in = {"tokens": tokens.numpy(), **feeds, **onnx_states}
         step_out = dict(zip(spec["decoder"]["outputs"], decoder.run(
             None, {n: step_in[n] for n in spec["decoder"]["inputs"]}), strict=True))
-        worst = max(worst, float(np.abs(step_out["log_probs"] - F.log_softmax(logits, dim=1).numpy()).max()))
+        expected = F.log_softmax(logits, dim=1).numpy()
+        worst = max(worst, float(np.abs(step_out["log_probs"] - expected).max()),
+                    float(np.abs(step_out["top_log_probs"] - np.sort(expected, axis=1)[:, ::-1][:, :3]).max()))
         onnx_states = {n: step_out[f"{n}_out"] for n in spec["states"]}
         tokens = logits.argmax(dim=1)
     return worst
@@ -158,30 +201,26 @@ def export_seq2seq(model: Seq2Seq, cfg: Seq2SeqConfig, out_dir: str | Path) -> d
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = interface(cfg)
-    caller, was_training = model, model.training
-    model = model.cpu().eval()
-    if model.decoder.out.weight is model.decoder.embedding.weight:
-        # Tied weights would become one initializer shared by a Gather and a MatMul, which onnxruntime's int8
-        # quantizer mangles; the exported graph gets its own copy of the output layer instead.
-        model = copy.deepcopy(model)
-        model.decoder.out.weight = nn.Parameter(model.decoder.embedding.weight.detach().clone())
-    try:
-        src_ids, src_lengths = _example_batch(cfg, [3, 7, 5], seed=0)
-        _export(_EncoderGraph(model), (src_ids, src_lengths), out_dir / spec["encoder"]["file"],
-                spec["encoder"]["inputs"], spec["encoder"]["outputs"])
-        with torch.no_grad():
-            memory, keys, src_mask, state = model.encode(src_ids, src_lengths)
-        tokens = torch.full((src_ids.size(0),), BOS_ID, dtype=torch.long)
-        states = tuple(state[n] for n in cfg.state_names)
-        if cfg.attention == "none":
-            step, args = _BaselineStepGraph(model), (tokens, *states)
-        else:
-            step, args = _StepGraph(model), (tokens, memory, keys, src_mask, *states)
-        decoder = spec["decoder"]
-        _export(step, args, out_dir / decoder["file"], decoder["inputs"], decoder["outputs"])
-        worst = check_parity(model, out_dir)
-    finally:
-        caller.train(was_training)
+    # The exported copy gets its own output layer: a MatMul (see _MatMulLinear) with its own weight, since tied
+    # weights would become one initializer shared by a Gather and a MatMul, which the int8 quantizer mangles.
+    model = copy.deepcopy(model).cpu().eval()  # the caller's model keeps its device and mode
+    model.decoder.out = _MatMulLinear(model.decoder.out)
+    src_ids, src_lengths = _example_batch(cfg, [3, 7, 5], seed=0)
+    _export(_EncoderGraph(model), (src_ids, src_lengths), out_dir / spec["encoder"]["file"],
+            spec["encoder"]["inputs"], spec["encoder"]["outputs"])
+    with torch.no_grad():
+        memory, keys, src_mask, state = model.encode(src_ids, src_lengths)
+    tokens = torch.full((src_ids.size(0),), BOS_ID, dtype=torch.long)
+    states = tuple(state[n] for n in cfg.state_names)
+    if cfg.attention == "none":
+        step, args = _BaselineStepGraph(model), (tokens, *states)
+    else:
+        step, args = _StepGraph(model), (tokens, memory, keys, src_mask, *states)
+    decoder = spec["decoder"]
+    _export(step, args, out_dir / decoder["file"], [n for n in decoder["inputs"] if n != TOP_K_INPUT],
+            [n for n in decoder["outputs"] if n not in TOP_K_OUTPUTS])
+    add_top_k(out_dir / decoder["file"])
+    worst = check_parity(model, out_dir)
     if not worst <= PARITY_TOL:
         raise ExportParityError(
             f"ONNX and torch step log-probs differ by {worst:.3g} (tolerance {PARITY_TOL})")

@@ -25,6 +25,7 @@ from service.decoding import (
     Seq2SeqRunner,
     max_output_length,
     search_factory,
+    top_k_rows,
     translate_batch,
 )
 from service.text import BOS_ID, EOS_ID, PAD_ID, pad_batch
@@ -132,11 +133,11 @@ def test_decoding_module_does_not_import_torch() -> None:
 
 def test_runner_learns_the_interface_from_the_graphs(attn: Exported, baseline: Exported) -> None:
     assert attn.runner.state_names == attn.spec["states"] == ["h", "c", "feed"]
-    assert attn.runner.step_inputs == ["tokens", "memory", "keys", "src_mask", "h", "c", "feed"]
-    assert attn.runner.attends
+    assert attn.runner.step_inputs == ["tokens", "memory", "keys", "src_mask", "h", "c", "feed", "top_k"]
+    assert attn.runner.attends and attn.runner.top_k_in_graph and attn.runner.vocab == VOCAB
     assert baseline.runner.state_names == ["h", "context"]
-    assert baseline.runner.step_inputs == ["tokens", "h", "context"]
-    assert not baseline.runner.attends
+    assert baseline.runner.step_inputs == ["tokens", "h", "context", "top_k"]
+    assert not baseline.runner.attends and baseline.runner.top_k_in_graph
 
 
 def test_model_learned_the_task(attn: Exported, sources: list[list[int]]) -> None:
@@ -158,7 +159,7 @@ def rng_tokens(seed: int, n: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(EOS_ID + 1, VOCAB, n)
 
 
-def test_step_log_probs_and_attention_match_torch(attn: Exported, sources: list[list[int]]) -> None:
+def test_step_candidates_and_attention_match_torch(attn: Exported, sources: list[list[int]]) -> None:
     seqs = sources[:16]
     src_ids, src_lengths = pad_batch(seqs)
     encoded = attn.runner.encode(src_ids, src_lengths)
@@ -168,13 +169,37 @@ def test_step_log_probs_and_attention_match_torch(attn: Exported, sources: list[
         tokens = torch.full((len(seqs),), BOS_ID)
         for t in range(6):
             logits, weights, state = attn.model.decoder.step(tokens, state, memory, keys, src_mask)
-            log_probs, attention, states = attn.runner.step(
-                tokens.numpy(), encoded.memory, encoded.keys, encoded.src_mask, states)
-            np.testing.assert_allclose(log_probs, F.log_softmax(logits, dim=1).numpy(), atol=1e-4, rtol=0)
-            assert weights is not None and attention is not None
-            np.testing.assert_allclose(attention, weights.numpy(), atol=1e-5, rtol=0)
-            assert (attention[~encoded.src_mask] == 0).all()
+            step = attn.runner.step(tokens.numpy(), encoded.memory, encoded.keys, encoded.src_mask, states, k=5)
+            expected = F.log_softmax(logits, dim=1).numpy()
+            assert step.top_ids.shape == step.top_log_probs.shape == (len(seqs), 5)
+            np.testing.assert_allclose(step.top_log_probs, np.sort(expected, axis=1)[:, ::-1][:, :5], atol=1e-4)
+            np.testing.assert_allclose(step.top_log_probs, np.take_along_axis(expected, step.top_ids, 1), atol=1e-4)
+            assert (np.diff(step.top_log_probs, axis=1) <= 0).all()
+            assert step.attention is not None and weights is not None
+            np.testing.assert_allclose(step.attention, weights.numpy(), atol=1e-5, rtol=0)
+            assert (step.attention[~encoded.src_mask] == 0).all()
+            states = step.states
             tokens = torch.from_numpy(rng_tokens(t, len(seqs)))  # arbitrary inputs, not just the argmax
+
+
+def test_numpy_candidates_order_as_the_graph_topk() -> None:
+    log_probs = np.log(np.array([[0.1, 0.3, 0.3, 0.2, 0.1], [0.2, 0.2, 0.2, 0.2, 0.2]], dtype=np.float32))
+    values, ids = top_k_rows(log_probs, 3)
+    assert ids.tolist() == [[1, 2, 3], [0, 1, 2]]  # equal values: lower id first, as ONNX TopK and argmax
+    np.testing.assert_allclose(values, np.take_along_axis(log_probs, ids, 1))
+    assert top_k_rows(log_probs, 9)[1].tolist() == [[1, 2, 3, 0, 4], [0, 1, 2, 3, 4]]  # k above the width
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_graph_and_numpy_candidates_decode_identically(attn: Exported, sources: list[list[int]],
+                                                       beam_size: int) -> None:
+    numpy_runner = Seq2SeqRunner(attn.runner.encoder, attn.runner.decoder, graph_top_k=False)
+    assert not numpy_runner.top_k_in_graph
+    make = search_factory(beam_size=beam_size, length_penalty=0.6)
+    in_graph = decode(attn.runner, sources[:40], make)
+    in_numpy = decode(numpy_runner, sources[:40], make)
+    assert [h.tokens for h in in_graph] == [h.tokens for h in in_numpy]
+    np.testing.assert_allclose([h.score for h in in_graph], [h.score for h in in_numpy], atol=1e-6)
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])
@@ -255,7 +280,7 @@ def drive(search: Search, model: Callable[[list[int]], np.ndarray]) -> Hypothesi
     prefixes: list[list[int]] = [[]]
     while not search.done:
         prefixes = [[*p, int(t)] for p, t in zip(prefixes, search.tokens(), strict=True)]
-        follow = search.advance(np.stack([model(p) for p in prefixes]), None)
+        follow = search.advance(*top_k_rows(np.stack([model(p) for p in prefixes]), search.candidates), None)
         prefixes = [prefixes[i] for i in follow]
         assert len(prefixes) == search.rows
     return search.result()
