@@ -34,7 +34,7 @@ def quantize_version(model_dir: Path, version: int | None = None, out: Path | No
     target.mkdir(parents=True)
     for name in set(config["tokenizers"].values()):
         shutil.copyfile(source / name, target / name)
-    config.update(version=number,
+    config.update(name=out.resolve().name, version=number,  # named after the model folder it is written into
                   quantization={"method": "dynamic int8 (onnxruntime)", "from_version": int(source.name)})
     write_json(target / "config.json", config)
     for graph in config["graphs"].values():

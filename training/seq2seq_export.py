@@ -90,6 +90,14 @@ class _MatMulLinear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
 
+def _linears_as_matmul(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, _MatMulLinear(child))
+        else:
+            _linears_as_matmul(child)
+
+
 def add_top_k(path: Path) -> None:
     """Append each row's best candidates to a step graph: TopK(log_probs, top_k) -> top_log_probs, top_ids.
 
@@ -201,10 +209,11 @@ def export_seq2seq(model: Seq2Seq, cfg: Seq2SeqConfig, out_dir: str | Path) -> d
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = interface(cfg)
-    # The exported copy gets its own output layer: a MatMul (see _MatMulLinear) with its own weight, since tied
-    # weights would become one initializer shared by a Gather and a MatMul, which the int8 quantizer mangles.
+    # Every Linear of the exported copy becomes a MatMul (see _MatMulLinear) with its own weight: the output
+    # layer's weight, when tied, would otherwise be one initializer shared by a Gather and a MatMul, which the
+    # int8 quantizer mangles.
     model = copy.deepcopy(model).cpu().eval()  # the caller's model keeps its device and mode
-    model.decoder.out = _MatMulLinear(model.decoder.out)
+    _linears_as_matmul(model)
     src_ids, src_lengths = _example_batch(cfg, [3, 7, 5], seed=0)
     _export(_EncoderGraph(model), (src_ids, src_lengths), out_dir / spec["encoder"]["file"],
             spec["encoder"]["inputs"], spec["encoder"]["outputs"])

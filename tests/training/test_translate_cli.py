@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +60,21 @@ def test_no_attention_baseline_and_int8_variant(translated, tmp_path):
     seqserve("evaluate", translated / "numbers" / "2", "--beam-size", "2")
     assert json.loads((translated / "numbers" / "2" / "metrics.json").read_text())["test"]["bleu"] >= 0.0
     assert read_config(translated / "numbers" / "2")["quantization"]["from_version"] == 1
+    seqserve("quantize", translated / "numbers" / "1", "--out", tmp_path / "numbers-int8", "--version", "1")
+    assert read_config(tmp_path / "numbers-int8" / "1")["name"] == "numbers-int8"
+
+
+def test_step_graph_picks_candidates_and_its_output_layer_quantizes(translated, tmp_path):
+    """The decoder ends in a TopK, and its output layer is a MatMul (int8 after quantize), not a float Gemm."""
+    import onnx
+
+    def ops(version_dir: Path) -> list[str]:
+        return [n.op_type for n in onnx.load(str(version_dir / "decoder.onnx")).graph.node]
+
+    seqserve("quantize", translated / "numbers" / "1", "--out", tmp_path / "int8", "--version", "1")
+    fp32, int8 = ops(translated / "numbers" / "1"), ops(tmp_path / "int8" / "1")
+    assert "TopK" in fp32 and "Gemm" not in fp32
+    assert "TopK" in int8 and "MatMulInteger" in int8 and "Gemm" not in int8, " ".join(sorted(set(int8)))
 
 
 def test_multi30k_recipe_reads_the_local_copy():
