@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,15 +14,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from service import routes_demo, routes_v1, routes_v2
 from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
-from service.deps import Forbidden, Unauthorized
+from service.deps import Forbidden, Unauthorized, key_matches
 from service.errors import UserError
 from service.inference import ClientGone, InvalidInput, TooLarge
 from service.manager import ModelManager, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
-from service.middleware import BodyTooLarge, ServiceMiddleware
+from service.middleware import BodyTooLarge, ServiceMiddleware, Shed
 from service.repository import RepositoryError
 from service.routes_v2 import MalformedBody, UnsupportedMedia
 from service.settings import Settings
@@ -68,6 +70,41 @@ async def handle_gone(request: Request, exc: ClientGone) -> Response:
     return error_response(request, 499, "client closed the request")
 
 
+V1_KINDS = {"/v1/classify": "classifier", "/v1/translate": "translator", "/v1/translate/stream": "translator"}
+V2_INFER = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<number>[^/]+))?/infer")
+
+
+def edge_shedding(settings: Settings, manager: ModelManager, metrics: Metrics) -> Shed:
+    """Inference requests that can only get 503 (every model they could reach has a full queue), found from
+    the path alone. Anything less certain, or unauthenticated when keys are on, takes the normal path."""
+
+    def shed(scope: Scope, headers: dict[str, str]) -> tuple[str, str] | None:
+        if scope["method"] != "POST" or (settings.api_key and not key_matches(headers, settings.api_key)):
+            return None
+        path: str = scope["path"]
+        if path in V1_KINDS:
+            kind, endpoint = V1_KINDS[path], path
+            model = manager.all_full(kind=kind)
+            count = sum(m.kind == kind for m in manager.models.values())
+            message = (f"model {model.name!r} queue is full ({model.queue.max_queue} texts)" if count == 1 and model
+                       else f"all {count} {kind} queues are full")
+        elif match := V2_INFER.fullmatch(path):
+            model = manager.all_full(name=match["name"])
+            if model is not None and match["number"] is not None and match["number"] != str(model.version):
+                return None  # a version that is not loaded: the normal path answers 404
+            endpoint = "/v2/models/{name}" + ("/versions/{number}" if match["number"] else "") + "/infer"
+            message = f"model {match['name']!r} queue is full ({model.queue.max_queue} texts)" if model else ""
+        else:
+            return None
+        if model is None:
+            return None
+        metrics.rejections.labels(model.name, "queue_full").inc()
+        scope["state"]["endpoint"] = endpoint
+        return model.name, message
+
+    return shed
+
+
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     manager = ModelManager(settings, metrics)
@@ -101,5 +138,6 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
-    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       shed=edge_shedding(settings, manager, metrics), retry_after_s=settings.retry_after_s)
     return app

@@ -6,6 +6,7 @@ dependency per request, which on the hot path cost more than the model itself.""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -43,15 +44,21 @@ async def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
-def _presented_key(request: Request) -> str:
-    auth = request.headers.get("authorization", "")
+def _presented_key(headers: Mapping[str, str]) -> str:
+    """The key from `Authorization: Bearer KEY` or `X-API-Key` (headers keyed in lower case)."""
+    auth = headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return request.headers.get("x-api-key", "")
+    return headers.get("x-api-key", "")
+
+
+def key_matches(headers: Mapping[str, str], expected: str) -> bool:
+    """Constant-time comparison of the presented key with the expected one."""
+    return hmac.compare_digest(_presented_key(headers).encode(), expected.encode())
 
 
 def _check_key(request: Request, expected: str) -> None:
-    if not hmac.compare_digest(_presented_key(request).encode(), expected.encode()):
+    if not key_matches(request.headers, expected):
         raise Unauthorized("missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
 
 

@@ -126,6 +126,17 @@ class ModelManager:
             raise ModelNotFound(f"model {name!r} is a {model.kind}, not a {kind}")
         return model
 
+    def all_full(self, name: str | None = None, kind: str | None = None) -> ServedModel | None:
+        """A model whose queue has no room, when every model a request could reach (the named one, or all of
+        the kind) is full, so its answer can only be 503; None whenever any of them might take it."""
+        if name is not None:
+            reachable = [self.models[name]] if name in self.models else []
+        else:
+            reachable = [m for m in self.models.values() if kind is None or m.kind == kind]
+        if not reachable or any(m.queue.depth < m.queue.max_queue for m in reachable):
+            return None
+        return reachable[0]
+
     def index(self) -> list[dict[str, Any]]:
         rows = []
         for name in model_names(self.root):

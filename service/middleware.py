@@ -8,6 +8,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,19 +28,30 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def _error(status: int, message: str, request_id: str) -> tuple[Message, Message]:
+def _error(status: int, message: str, request_id: str,
+           headers: list[tuple[bytes, bytes]] | None = None) -> tuple[Message, Message]:
     body = json.dumps({"error": message, "request_id": request_id}).encode()
     start = {"type": "http.response.start", "status": status,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                         (b"x-request-id", request_id.encode())]}
+                         (b"x-request-id", request_id.encode()), *(headers or [])]}
     return start, {"type": "http.response.body", "body": body}
 
 
-class ServiceMiddleware:
-    """Request id (X-Request-ID in and out), body size and encoding limits, metrics and access log."""
+# (scope, lower-cased headers) -> (model, message) when the request can only be refused for lack of room.
+Shed = Callable[[Scope, dict[str, str]], "tuple[str, str] | None"]
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
-        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+
+class ServiceMiddleware:
+    """Request id (X-Request-ID in and out), body size and encoding limits, metrics and access log.
+
+    Under overload it also sheds load at the edge: a request whose every reachable queue is full gets its
+    503 here, before the body is read or parsed, so refusing stays cheap while the loop is saturated.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, shed: Shed | None = None,
+                 retry_after_s: int = 1) -> None:
+        self.app, self.metrics, self.max_body_bytes, self.shed = app, metrics, max_body_bytes, shed
+        self.retry_after = str(retry_after_s).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,6 +77,12 @@ class ServiceMiddleware:
             if problem:
                 status = problem[0]
                 for message in _error(problem[0], problem[1], request_id):
+                    await send(message)
+                return
+            shed = self.shed(scope, headers) if self.shed is not None else None
+            if shed is not None:
+                scope["state"]["model"], status = shed[0], 503
+                for message in _error(503, shed[1], request_id, [(b"retry-after", self.retry_after)]):
                     await send(message)
                 return
             await self.app(scope, self._limited(receive), send_with_id)
@@ -106,7 +124,7 @@ class ServiceMiddleware:
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
         route: Any = scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
+        endpoint = getattr(route, "path", None) or scope.get("state", {}).get("endpoint", "unmatched")
         model = scope.get("state", {}).get("model", "")
         if endpoint.startswith(("/v1/", "/v2/models")) or model:
             self.metrics.requests.labels(model, endpoint, str(status)).inc()
