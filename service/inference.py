@@ -70,17 +70,18 @@ def deadline_from(request: Request, settings: Settings, timeout_s: float | None 
 
 
 async def run_texts(request: Request, model: ServedModel, texts: Sequence[str], metrics: Metrics,
-                    deadline: float | None, payload: Callable[[list[int]], Any] = lambda ids: ids,
+                    deadline: float | None, payload: Callable[[list[int]], Any] | None = None,
                     log_texts: bool = False) -> list[Any]:
-    """Queue one item per text (all or none), wait for all, and drop the work if the client leaves."""
+    """Queue one item per text (all or none), wait for all, and drop the work if the client leaves.
+
+    `payload` wraps a translator text's token ids with its decoding options."""
     request.state.model = model.name
     refuse_if_full(model, len(texts), metrics)  # before tokenizing: under overload a 503 must stay cheap
     if log_texts:  # a debug setting: request texts stay out of logs otherwise
         log.info("texts for %s: %r", model.name, list(texts))
-    seqs = model.encode(texts)
-    metrics.tokens.labels(model.name, "input").inc(sum(len(s) for s in seqs))
+    payloads, lengths = model.prepare(texts, payload)
     try:
-        futures = model.queue.submit([payload(s) for s in seqs], [len(s) for s in seqs], deadline)
+        futures = model.queue.submit(payloads, lengths, deadline)
     except QueueFull:
         metrics.rejections.labels(model.name, "queue_full").inc()
         raise

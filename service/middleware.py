@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import re
@@ -18,6 +19,12 @@ from service.metrics import Metrics
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 log = logging.getLogger("seqserve.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Generated ids: a random per-process prefix and a counter; unique like uuid4 without os.urandom per request.
+_ID_PREFIX, _ID_COUNTER = uuid.uuid4().hex[:16], itertools.count()
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 class RequestIdFilter(logging.Filter):
@@ -59,7 +66,7 @@ class ServiceMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         given = headers.get("x-request-id", "")
-        request_id = given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        request_id = given if REQUEST_ID_RE.match(given) else new_request_id()
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         start, status, status_sent = time.perf_counter(), 500, False

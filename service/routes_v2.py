@@ -121,7 +121,7 @@ async def _infer(request: Request, model: ServedModel, settings: SettingsDep, me
     if timeout is not None and (not isinstance(timeout, int | float) or isinstance(timeout, bool)):
         raise InvalidInput("parameters.timeout must be a number of microseconds")
     deadline = deadline_from(request, settings, None if timeout is None else float(timeout) / 1e6)
-    payload = (lambda ids: ids) if model.kind == "classifier" else _translate_payload(params, settings)
+    payload = None if model.kind == "classifier" else _translate_payload(params, settings)
     results = await run_texts(request, model, texts, metrics, deadline, payload, log_texts=settings.log_texts)
     tensors = model.v2_tensors(results)
     outputs = [{"name": n, "datatype": known[n].datatype, "shape": tensors[n][1], "data": tensors[n][0]}

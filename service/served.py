@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,8 +62,19 @@ class ServedModel:
         """Output name -> (flat data, shape) for a v2 infer response."""
         raise NotImplementedError
 
+    metrics: Metrics | None = None  # set by start()
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         raise NotImplementedError
+
+    def prepare(self, texts: Sequence[str],
+                payload: Callable[[list[int]], Any] | None = None) -> tuple[list[Any], list[int]]:
+        """What to queue for each text, and the length the batcher groups it by."""
+        raise NotImplementedError
+
+    def count_input_tokens(self, seqs: Sequence[Sequence[int]]) -> None:
+        if self.metrics is not None:
+            self.metrics.tokens.labels(self.name, "input").inc(sum(len(s) for s in seqs))
 
     def warm_up(self) -> None:
         raise NotImplementedError
@@ -86,13 +97,22 @@ class ServedClassifier(ServedModel):
         return self.runtime.provider
 
     def start(self, settings: Settings, metrics: Metrics) -> None:
+        self.metrics = metrics
         self.queue = DynamicBatcher(self.name, self.run, metrics, settings.max_batch_size,
                                     settings.max_queue_delay_ms / 1000, settings.max_queue_size)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.runtime.encode(texts)
 
-    def run(self, seqs: list[list[int]]) -> list[dict[str, Any]]:
+    def prepare(self, texts: Sequence[str],
+                payload: Callable[[list[int]], Any] | None = None) -> tuple[list[Any], list[int]]:
+        # Texts are queued as they are and tokenized on the compute thread, one call per batch, so the event
+        # loop only handles HTTP; their length in characters stands in for tokens when batches are grouped.
+        return list(texts), [len(t) for t in texts]
+
+    def run(self, texts: list[str]) -> list[dict[str, Any]]:
+        seqs = self.encode(texts)
+        self.count_input_tokens(seqs)
         probs = self.runtime.run_ids(seqs)
         return [self.result(p) for p in probs]
 
@@ -102,7 +122,7 @@ class ServedClassifier(ServedModel):
                 "probabilities": {label: float(p) for label, p in zip(self.labels, probs, strict=True)}}
 
     def warm_up(self) -> None:
-        self.run(self.encode(WARMUP_TEXTS))
+        self.run(WARMUP_TEXTS)
 
     def v2_outputs(self) -> list[Output]:
         return [Output("label", "BYTES", [-1]), Output("score", "FP32", [-1]),
@@ -138,10 +158,20 @@ class ServedTranslator(ServedModel):
     def start(self, settings: Settings, metrics: Metrics) -> None:
         from service.scheduling import make_translation_queue
 
+        self.metrics = metrics
         self.queue = make_translation_queue(self, settings, metrics)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.runtime.encode(texts)
+
+    def prepare(self, texts: Sequence[str],
+                payload: Callable[[list[int]], Any] | None = None) -> tuple[list[Any], list[int]]:
+        """Tokenized here: admission budgets source tokens. `payload` wraps the ids (TranslateItem)."""
+        if payload is None:
+            raise TypeError("a translator needs the decoding options of each text (payload)")
+        seqs = self.encode(texts)
+        self.count_input_tokens(seqs)
+        return [payload(s) for s in seqs], [len(s) for s in seqs]
 
     def run(self, items: list[TranslateItem]) -> list[Translation]:
         """Static batching: the whole batch decodes together."""
