@@ -108,17 +108,16 @@ async def translate_stream(body: TranslateStreamRequest, request: Request, manag
     text = check_texts([body.text], settings)[0]
     options = decode_options(body, settings)
     refuse_if_full(model, 1, metrics)
-    ids = model.encode([text])[0]
-    metrics.tokens.labels(model.name, "input").inc(len(ids))
     if settings.log_texts:
         log.info("stream text for %s: %r", model.name, text)
+    items, lengths = model.prepare([text], lambda ids: TranslateItem(ids, options))
     updates: asyncio.Queue[list[int]] = asyncio.Queue()
     deadline = deadline_from(request, settings)
     queue = model.queue
     if isinstance(queue, ContinuousScheduler):
-        (future,) = queue.submit([TranslateItem(ids, options)], [len(ids)], deadline, on_tokens=updates.put_nowait)
+        (future,) = queue.submit(items, lengths, deadline, on_tokens=updates.put_nowait)
     else:  # static batching or none: the tokens arrive together at the end
-        (future,) = queue.submit([TranslateItem(ids, options)], [len(ids)], deadline)
+        (future,) = queue.submit(items, lengths, deadline)
     return StreamingResponse(_events(model, future, updates, metrics), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
