@@ -100,6 +100,7 @@ class DynamicBatcher:
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{name}")
+        metrics.queue_capacity.labels(name).set(max_queue)
 
     @property
     def depth(self) -> int:

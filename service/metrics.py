@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+REJECT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -27,6 +28,12 @@ class Metrics:
         self.batch_size = Histogram("seqserve_batch_size", "Texts per executed batch.", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("seqserve_queue_depth", "Texts waiting for compute.", ["model"], registry=r)
+        self.queue_capacity = Gauge("seqserve_queue_capacity", "Texts the queue holds before it answers 503.",
+                                    ["model"], registry=r)
+        self.rejected_latency = Histogram(
+            "seqserve_rejected_request_duration_seconds",
+            "Time to answer a request refused with 503 (queue full, not ready, shutting down), from its arrival.",
+            ["model", "endpoint"], buckets=REJECT_BUCKETS, registry=r)
         self.rejections = Counter("seqserve_rejections", "Requests or texts refused or dropped, by reason.",
                                   ["model", "reason"], registry=r)
         self.tokens = Counter("seqserve_tokens", "Tokens processed (input: source texts, output: generated).",

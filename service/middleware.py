@@ -136,6 +136,8 @@ class ServiceMiddleware:
         if endpoint.startswith(("/v1/", "/v2/models")) or model:
             self.metrics.requests.labels(model, endpoint, str(status)).inc()
             self.metrics.request_latency.labels(model, endpoint).observe(elapsed)
+            if status == 503:
+                self.metrics.rejected_latency.labels(model, endpoint).observe(elapsed)
         log.info("%s %s %d %.1fms", scope.get("method"), endpoint, status, elapsed * 1000)
 
 

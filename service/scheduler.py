@@ -210,6 +210,7 @@ class ContinuousScheduler:
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-{name}")
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"scheduler-{name}")
+        metrics.queue_capacity.labels(name).set(max_queue)
 
     @property
     def depth(self) -> int:

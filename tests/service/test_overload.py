@@ -99,6 +99,9 @@ def test_burst_at_ten_times_capacity(repo, tmp_path):
         scrape = httpx.get(f"{server.url}/metrics").text
         assert metric(scrape, "seqserve_queue_depth", model="reviews") == 0
         assert metric(scrape, "seqserve_rejections_total", reason="queue_full") == statuses.count(503)
+        served_503 = {le: metric(scrape, "seqserve_rejected_request_duration_seconds_bucket", model="reviews", le=le)
+                      for le in ("0.001", "0.005", "0.025", "+Inf")}
+        assert served_503["+Inf"] == statuses.count(503)
         after = [asyncio.run(burst(server.url, 1))[0] for _ in range(5)]  # back to normal service
         assert all(status == 200 for status, _, _ in after)
     finally:
@@ -110,4 +113,6 @@ def test_burst_at_ten_times_capacity(repo, tmp_path):
           f"{1000 * statistics.median(rejected):.1f} ms; accepted p50 {1000 * statistics.median(accepted):.0f} ms "
           f"p99 {1000 * accepted[int(0.99 * (len(accepted) - 1))]:.0f} ms; unloaded latency median "
           f"{1000 * statistics.median(unloaded):.1f} ms, after the burst "
-          f"{1000 * statistics.median(t for _, t, _ in after):.1f} ms; RSS {rss_before:.0f} -> {rss_after:.0f} MB")
+          f"{1000 * statistics.median(t for _, t, _ in after):.1f} ms; RSS {rss_before:.0f} -> {rss_after:.0f} MB; "
+          f"503s answered by the server within 1 / 5 / 25 ms of arrival: "
+          + " / ".join(f"{served_503[le] / served_503['+Inf']:.0%}" for le in ("0.001", "0.005", "0.025")))
