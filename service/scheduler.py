@@ -2,8 +2,9 @@
 
 Each iteration: admit waiting requests FIFO while rows and source tokens fit (their encoder runs
 together), make one decoder-step call over every active hypothesis of every active request, then
-answer the requests that finished. Encoder outputs live in preallocated slot buffers, so admitting
-a request writes only its own slot. The policy (`plan_admission`, `plan_retirement`) is pure.
+answer the requests that finished. Encoder outputs live in preallocated row buffers laid out as the
+decoder reads them, so admitting a request writes only its own rows and no step gathers. The policy
+(`plan_admission`, `plan_retirement`) is pure.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from service.batcher import DeadlineExceeded, ShuttingDown, check_admission
-from service.decoding import Search, Seq2SeqRunner, advance_searches, step_candidates
+from service.decoding import Search, Seq2SeqRunner, step_candidates
 from service.metrics import Metrics
 from service.text import pad_batch
 from service.translator import DecodeOptions, Translation, TranslatorRuntime
@@ -80,7 +81,8 @@ class SeqRequest:
     deadline: float | None
     future: asyncio.Future[Translation]
     on_tokens: Callable[[list[int]], None] | None = None  # certain target ids so far (streaming)
-    slot: int = -1
+    first_row: int = -1  # its rows in the engine: [first_row, first_row + rows)
+    rows: int = 0
     search: Search | None = None
     sent: int = 0  # certain tokens already reported
 
@@ -89,112 +91,174 @@ class SeqRequest:
         return self.future.done()
 
 
-class SlotBuffers:
-    """Preallocated per-request encoder outputs: (slots, max source length, width)."""
+class RowBuffers:
+    """Encoder outputs laid out by decoder row, in preallocated arrays: (capacity rows, width, ...).
 
-    def __init__(self, slots: int, max_src: int) -> None:
-        self.slots, self.max_src = slots, max_src
-        self.free = list(range(slots - 1, -1, -1))
+    The active requests own consecutive row ranges in the order of `DecodeEngine.active`, so the first
+    `rows` rows are exactly the decoder's per-row memory and keys, handed over without a gather. Admitting
+    a request writes only its own rows; one leaving is replaced by the last request when their row counts
+    match (a copy of one request's rows), otherwise the rows after it move up. The arrays are rebuilt only
+    when a longer source needs more width, when the widest request has left (to stop attending to
+    padding), or when rows outgrow the capacity.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.rows = 0
+        self.width = 0
         self.arrays: dict[str, np.ndarray] = {}
-        self.lengths = np.zeros(slots, dtype=np.int64)
+        self.lengths = np.zeros(self.capacity, dtype=np.int64)  # source length of each row's sentence
 
-    def put(self, name: str, slot: int, value: np.ndarray) -> None:
-        if name not in self.arrays:
-            self.arrays[name] = np.zeros((self.slots, self.max_src, *value.shape[1:]), dtype=value.dtype)
-        self.arrays[name][slot, : value.shape[0]] = value
-        self.arrays[name][slot, value.shape[0]:] = 0
+    def _resize(self, capacity: int, width: int) -> None:
+        for name, old in self.arrays.items():
+            new = np.zeros((capacity, width, *old.shape[2:]), dtype=old.dtype)
+            keep = min(width, self.width)
+            new[: self.rows, :keep] = old[: self.rows, :keep]
+            self.arrays[name] = new
+        lengths = np.zeros(capacity, dtype=np.int64)
+        lengths[: self.rows] = self.lengths[: self.rows]
+        self.capacity, self.width, self.lengths = capacity, width, lengths
 
-    def gather(self, name: str, slots: np.ndarray, width: int) -> np.ndarray | None:
+    def append(self, outputs: dict[str, np.ndarray], length: int, rows: int) -> int:
+        """Add `rows` rows sharing one sentence's outputs (each (length, ...)); -> the first row's index."""
+        if self.rows + rows > self.capacity or length > self.width:
+            self._resize(max(self.capacity, 2 * (self.rows + rows)), max(self.width, length))
+        at = self.rows
+        for name, value in outputs.items():
+            if name not in self.arrays:
+                self.arrays[name] = np.zeros((self.capacity, self.width, *value.shape[1:]), dtype=value.dtype)
+            block = self.arrays[name][at: at + rows]
+            block[:, :length] = value
+            block[:, length:] = 0
+        self.lengths[at: at + rows] = length
+        self.rows += rows
+        return at
+
+    def move(self, source: int, target: int, count: int) -> None:
+        """Rows [source, source+count) to [target, target+count); overlapping ranges are fine."""
+        for array in self.arrays.values():
+            array[target: target + count] = array[source: source + count].copy()
+        self.lengths[target: target + count] = self.lengths[source: source + count].copy()
+
+    def truncate(self, rows: int) -> None:
+        self.rows = rows
+        needed = int(self.lengths[:rows].max(initial=0))
+        if 0 < needed <= self.width // 2:  # the widest sentences have gone: attend over less padding
+            self._resize(self.capacity, needed)
+
+    def view(self, name: str) -> np.ndarray | None:
         array = self.arrays.get(name)
-        return None if array is None else array[slots, :width]  # (R, width, ...)
+        return None if array is None else array[: self.rows]  # contiguous: handed to onnxruntime as is
+
+    def mask(self) -> np.ndarray:
+        return np.arange(self.width)[None, :] < self.lengths[: self.rows, None]  # (rows, width)
 
 
 class DecodeEngine:
     """The decoding state; touched only from the compute thread, one iteration at a time."""
 
-    def __init__(self, runtime: TranslatorRuntime, slots: int, metrics: Metrics, name: str) -> None:
+    def __init__(self, runtime: TranslatorRuntime, max_rows: int, metrics: Metrics, name: str) -> None:
         self.runner: Seq2SeqRunner = runtime.runner
         self.runtime, self.metrics, self.name = runtime, metrics, name
-        self.buffers = SlotBuffers(slots, runtime.source.max_length)
-        self.active: list[SeqRequest] = []
+        self.buffers = RowBuffers(max_rows)
+        self.active: list[SeqRequest] = []  # their rows, in this order, are the buffers' rows
         self.states: dict[str, np.ndarray] = {}
-        self._context_key: tuple[bytes, int] | None = None
-        self._context: tuple[Any, Any, Any] = (None, None, None)
 
     @property
     def rows(self) -> int:
-        return sum(r.search.rows for r in self.active if r.search is not None)
+        return self.buffers.rows
 
     @property
     def src_tokens(self) -> int:
         return sum(len(r.src_ids) for r in self.active)
 
     def drop(self, leaving: list[SeqRequest]) -> None:
-        """Remove requests (finished or gone) and their rows; their slots become free."""
+        """Remove requests (finished or gone) and their rows."""
         if not leaving:
             return
-        keep_rows: list[int] = []
-        at = 0
-        for r in self.active:
-            n = r.search.rows if r.search is not None else 0
-            if r not in leaving:
-                keep_rows.extend(range(at, at + n))
-            at += n
-        index = np.array(keep_rows, dtype=np.int64)
+        gone = {id(r) for r in leaving}
+        order = list(range(sum(r.rows for r in self.active)))  # order[i]: old row now at row i
+        for r in sorted((r for r in self.active if id(r) in gone), key=lambda r: -r.first_row):
+            at, n = r.first_row, r.rows
+            last = self.active[-1]
+            if last is not r and last.rows == n:  # the last request fills the hole: one request's rows copied
+                self.buffers.move(last.first_row, at, n)
+                order[at: at + n] = order[last.first_row: last.first_row + n]
+                del order[last.first_row:]
+                last.first_row = at
+                self.active[self.active.index(r)] = last
+                self.active.pop()
+            else:  # the rows after it move up
+                tail = self.buffers.rows - (at + n)
+                self.buffers.move(at + n, at, tail)
+                del order[at: at + n]
+                self.active.remove(r)
+                for other in self.active:
+                    if other.first_row > at:
+                        other.first_row -= n
+            self.buffers.rows -= n
+        self.buffers.truncate(self.buffers.rows)
+        index = np.array(order, dtype=np.int64)
         self.states = {k: v[index] for k, v in self.states.items()}
-        for r in leaving:
-            self.buffers.free.append(r.slot)
-        self.active = [r for r in self.active if r not in leaving]
 
     def admit(self, admitted: list[SeqRequest]) -> None:
-        """Encode the newly admitted requests together and give each a slot and its first rows."""
+        """Encode the newly admitted requests together and append each one's rows."""
         if not admitted:
             return
-        self._context_key = None  # slots are reused: a cached gather may hold a finished request's rows
         ids, lengths = pad_batch([r.src_ids for r in admitted])
         encoded = self.runner.encode(ids, lengths)
         new_states: dict[str, list[np.ndarray]] = {k: [] for k in encoded.states}
         for i, r in enumerate(admitted):
-            r.slot = self.buffers.free.pop()
             n = int(lengths[i])
-            self.buffers.put("memory", r.slot, encoded.memory[i, :n])
-            if encoded.keys is not None:
-                self.buffers.put("keys", r.slot, encoded.keys[i, :n])
-            self.buffers.lengths[r.slot] = n
             r.search = r.options.factory()(n)
+            r.rows = max(r.search.rows, r.options.beam_size)  # reserved for the whole search
+            outputs = {"memory": encoded.memory[i, :n]}
+            if encoded.keys is not None:
+                outputs["keys"] = encoded.keys[i, :n]
+            r.first_row = self.buffers.append(outputs, n, r.rows)
             for k, v in encoded.states.items():
-                new_states[k].append(np.repeat(v[i: i + 1], r.search.rows, axis=0))
+                new_states[k].append(np.repeat(v[i: i + 1], r.rows, axis=0))
         for k, parts in new_states.items():
             self.states[k] = np.concatenate([self.states[k], *parts]) if k in self.states else np.concatenate(parts)
         self.active.extend(admitted)
 
-    def _context_for(self, row_slots: np.ndarray) -> tuple[Any, Any, Any]:
-        width = int(self.buffers.lengths[np.unique(row_slots)].max())
-        key = (row_slots.tobytes(), width)
-        if key != self._context_key:  # the same rows as last step: reuse the gathered copy
-            mask = np.arange(width)[None, :] < self.buffers.lengths[row_slots][:, None]  # (R, S)
-            self._context = (self.buffers.gather("memory", row_slots, width),
-                             self.buffers.gather("keys", row_slots, width), mask)
-            self._context_key = key
-        return self._context
-
     def step(self) -> list[SeqRequest]:
-        """One decoder call for every active row; returns the requests that finished."""
-        stepping = [r for r in self.active if r.search is not None and r.search.rows]
-        if not stepping:
+        """One decoder call for every active row; returns the requests that finished.
+
+        A request owns `rows` rows (its beam size) from admission on; while its search uses fewer (a beam
+        search starts from one hypothesis) the spare rows repeat its first token and their outputs are unused.
+        """
+        if not self.active:
             return []
-        searches = [r.search for r in stepping if r.search is not None]
-        row_slots = np.repeat([r.slot for r in stepping], [s.rows for s in searches])
-        memory, keys, mask = self._context_for(row_slots)
-        tokens = np.concatenate([s.tokens() for s in searches])  # (R,)
+        searches: list[Search] = [r.search for r in self.active if r.search is not None]
+        tokens = np.concatenate([_fill(s.tokens(), r.rows) for r, s in zip(self.active, searches, strict=True)])
+        assert len(tokens) == self.buffers.rows, "rows out of step with the buffers"
         self.metrics.batch_size.labels(self.name).observe(len(tokens))  # rows in this decoder step
         start = time.perf_counter()
-        step = self.runner.step(tokens, memory, keys, mask, self.states, step_candidates(searches))
+        step = self.runner.step(tokens, self.buffers.view("memory"), self.buffers.view("keys"), self.buffers.mask(),
+                                self.states, step_candidates(searches))
         self.metrics.decode_step.labels(self.name).observe(time.perf_counter() - start)
-        follow = advance_searches(searches, step, [int(self.buffers.lengths[r.slot]) for r in stepping])
-        self.states = {k: v[follow] for k, v in step.states.items()}
-        self.metrics.generated_tokens.labels(self.name).inc(len(stepping))
-        return [r for r in stepping if r.search is not None and r.search.done]
+        follow, finished = [], []
+        for r, search in zip(self.active, searches, strict=True):
+            own = slice(r.first_row, r.first_row + search.rows)
+            weights = None if step.attention is None else step.attention[own, : len(r.src_ids)]
+            k = search.candidates
+            parents = search.advance(step.top_log_probs[own, :k], step.top_ids[own, :k], weights)
+            if search.done:
+                finished.append(r)  # its rows stay in place (unused) until drop()
+                parents = np.arange(r.rows)
+            elif len(parents) > r.rows:
+                raise RuntimeError(f"a search grew to {len(parents)} rows; {r.rows} were reserved")
+            follow.append(r.first_row + _fill(parents, r.rows))
+        self.metrics.generated_tokens.labels(self.name).inc(len(self.active))
+        index = np.concatenate(follow)
+        self.states = {k: v[index] for k, v in step.states.items()}
+        return finished
+
+
+def _fill(values: np.ndarray, n: int) -> np.ndarray:
+    """`values` padded to n entries by repeating its first (spare rows shadow a real one)."""
+    return values if len(values) == n else np.concatenate([values, np.repeat(values[:1], n - len(values))])
 
 
 class ContinuousScheduler:
@@ -204,7 +268,7 @@ class ContinuousScheduler:
                  max_src_tokens: int, max_queue: int) -> None:
         self.name, self.runtime, self.metrics = name, runtime, metrics
         self.max_rows, self.max_src_tokens, self.max_queue = max_rows, max_src_tokens, max_queue
-        self.engine = DecodeEngine(runtime, slots=max_rows, metrics=metrics, name=name)
+        self.engine = DecodeEngine(runtime, max_rows=max_rows, metrics=metrics, name=name)
         self._waiting: list[SeqRequest] = []
         self._wake = asyncio.Event()
         self._closed = False
@@ -234,7 +298,7 @@ class ContinuousScheduler:
         engine = self.engine
         plan = plan_admission(
             [Candidate(r.options.beam_size, len(r.src_ids), r.deadline, r.gone) for r in self._waiting],
-            self.max_rows - engine.rows, self.max_src_tokens - engine.src_tokens, len(engine.buffers.free),
+            self.max_rows - engine.rows, self.max_src_tokens - engine.src_tokens, self.max_rows - len(engine.active),
             time.monotonic(), idle=not engine.active)
         for i in plan.expired:
             self._waiting[i].future.set_exception(DeadlineExceeded("deadline passed before compute; work skipped"))

@@ -9,11 +9,19 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from service.metrics import Metrics
 from service.repository import read_config
-from service.scheduler import Candidate, ContinuousScheduler, plan_admission, plan_retirement
+from service.scheduler import (
+    Candidate,
+    ContinuousScheduler,
+    DecodeEngine,
+    SeqRequest,
+    plan_admission,
+    plan_retirement,
+)
 from service.served import TranslateItem
 from service.translator import DecodeOptions, TranslatorRuntime
 from tests.conftest import synthetic_pairs
@@ -76,6 +84,37 @@ def test_scheduler_returns_the_offline_translation_under_random_interleavings(ru
     for expected, got in zip(offline, asyncio.run(online()), strict=True):
         assert got.target_ids == expected.target_ids and got.text == expected.text
         assert got.score == pytest.approx(expected.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_row_buffers_keep_each_request_its_own_rows_as_requests_come_and_go(runtime, seed):
+    """Whatever joins and leaves (the last request filling a hole, or rows moving up, or the width
+    shrinking), each active request's rows hold its own encoder memory and its decoder states."""
+    rng = random.Random(seed)
+    texts = [src for src, _ in synthetic_pairs(30, seed=200 + seed)]
+    engine = DecodeEngine(runtime, max_rows=8, metrics=Metrics(), name="numbers")
+    loop = asyncio.new_event_loop()
+    waiting = [SeqRequest(runtime.encode([t])[0], DecodeOptions(beam_size=rng.choice([1, 2, 3]), max_tokens=40),
+                          0.0, None, loop.create_future()) for t in texts]
+    alone = {}
+    while waiting or engine.active:
+        engine.admit([waiting.pop() for _ in range(min(len(waiting), rng.randint(0, 3)))])
+        finished = engine.step()
+        leaving = finished + [r for r in engine.active if r not in finished and rng.random() < 0.15]
+        engine.drop(leaving)
+        rows = engine.buffers.rows
+        assert sorted(r.first_row for r in engine.active) == [r.first_row for r in engine.active]
+        assert sum(r.rows for r in engine.active) == rows and all(len(v) == rows for v in engine.states.values())
+        memory = engine.buffers.view("memory")
+        for r in engine.active:
+            n = len(r.src_ids)
+            if id(r) not in alone:
+                alone[id(r)] = runtime.runner.encode(np.array([r.src_ids]), np.array([n])).memory[0]
+            own = memory[r.first_row: r.first_row + r.rows]
+            np.testing.assert_allclose(own[:, :n], np.repeat(alone[id(r)][None], r.rows, 0), atol=1e-5)
+            assert not own[:, n:].any() and (engine.buffers.lengths[r.first_row: r.first_row + r.rows] == n).all()
+        assert engine.buffers.width >= max((len(r.src_ids) for r in engine.active), default=0)
+    loop.close()
 
 
 # ---- over HTTP ----
