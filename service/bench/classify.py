@@ -128,9 +128,26 @@ def served_version(url: str, model: str) -> int:
     return int(response.json()["versions"][0])
 
 
+def with_int8(variants: list[Variant], log_dir: Path) -> list[Variant]:
+    """The variants plus an int8 one quantized from the fp32 version into log_dir, when the repository has none."""
+    if any(v.label == "int8" for v in variants) or not variants:
+        return variants
+    try:
+        from training.quantize import quantize_version
+    except ImportError as exc:  # the serve-only install: no onnx package for the quantizer
+        sys.stderr.write(f"bench classify: no int8 variant ({exc}); install the train extra to compare\n")
+        return variants
+    source = variants[0].version_dir
+    target = quantize_version(source, version=1, out=log_dir / "int8" / source.parent.name)
+    sys.stderr.write(f"bench classify: quantized {variants[0].version_dir} to {target} for the int8 series\n")
+    return [*variants, Variant("int8", target)]
+
+
 def measure(a: argparse.Namespace, texts: Sequence[str], log_dir: Path) -> list[Point]:
     """One heavy thing at a time: each service is stopped before the next series starts."""
     variants = find_variants(a.repo / a.model) if a.repo else []
+    if not a.no_int8:
+        variants = with_int8(variants, log_dir)
     points: list[Point] = []
     if a.url:
         version = served_version(a.url, a.model)

@@ -172,9 +172,7 @@ def test_bench_command_reports_user_mistakes_with_exit_2(capsys, tmp_path):
 
 
 def test_bench_classify_writes_a_report_for_fp32_and_int8(repo, tmp_path, capsys):
-    from training.quantize import quantize_version
-
-    quantize_version(repo / "reviews")
+    """The repository holds only fp32: the bench quantizes an int8 variant for its own series."""
     shutil.rmtree(repo / "numbers")
     texts = tmp_path / "texts.txt"
     texts.write_text("the film is superb\na dull movie\n", encoding="utf-8")
@@ -191,6 +189,7 @@ def test_bench_classify_writes_a_report_for_fp32_and_int8(repo, tmp_path, capsys
     report = (out / "classify.md").read_text()
     assert "| 2 | " in report.split("## Ratios")[1] and "## Machine" in report
     assert (out / "classify.png").stat().st_size > 0
+    assert sorted(p.name for p in (repo / "reviews").iterdir()) == ["1"]  # the repository is left as it was
 
 
 def test_bench_translate_starts_a_service_per_mode_and_reports_short_and_long(repo, tmp_path, capsys):
