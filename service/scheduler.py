@@ -73,7 +73,7 @@ def plan_retirement(done: Sequence[bool], gone: Sequence[bool]) -> list[int]:
     return [i for i, (d, g) in enumerate(zip(done, gone, strict=True)) if d or g]
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two requests for the same text are still two requests
 class SeqRequest:
     src_ids: list[int]
     options: DecodeOptions
