@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DATASETS ?= ../shared/datasets
 
-.PHONY: setup serve test lint demo-models demo-sentiment demo-en-de clean test-deps test-container
+.PHONY: setup serve test lint demo-models demo-sentiment demo-en-de baseline-en-de clean test-deps test-container
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,14 @@ demo-en-de: setup
 		--attention general --seed 1 $(EN_DE_FLAGS)
 	$(BIN)/seqserve quantize runs/en-de-fp32/1 --out model_repository/en-de --version 1
 	$(BIN)/seqserve evaluate model_repository/en-de --split test2016 --beam-size 5 --plot-attention 3
+
+# The no-attention baseline of the same recipe, for comparison (not bundled; about an hour on 1 core).
+baseline-en-de: setup
+	OMP_NUM_THREADS=1 $(BIN)/seqserve train translator --data multi30k --pair en-de --out runs/baseline \
+		--version 1 --work-dir runs/baseline-run --emb-dim 256 --hidden 256 --dec-hidden 256 --tie-embeddings \
+		--share-embeddings --vocab-size 8000 --dropout 0.3 --lr 1.5e-3 --batch-size 64 --epochs 7 --patience 3 \
+		--attention none --no-input-feeding --seed 1
+	$(BIN)/seqserve evaluate runs/baseline --split test2016 --beam-size 5
 
 # Locust against a running service: make loadtest HOST=http://127.0.0.1:8000 [RUN_TIME=60s USERS=16 LOCUST_FLAGS=...]
 # Stats (CSV, JSON) and an HTML report go to loadtest/results/.

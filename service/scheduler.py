@@ -27,6 +27,9 @@ from service.text import pad_batch
 from service.translator import DecodeOptions, Translation, TranslatorRuntime
 
 log = logging.getLogger("seqserve.scheduler")
+# Decoder steps one compute-thread call may make before the event loop looks again (it returns sooner when a
+# request finishes, another waits for admission, or a stream has new tokens).
+MAX_STEPS_PER_CALL = 32
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class SeqRequest:
     rows: int = 0
     search: Search | None = None
     sent: int = 0  # certain tokens already reported
+    stepped: bool = False  # had its first decoder step
 
     @property
     def gone(self) -> bool:
@@ -314,16 +318,42 @@ class ContinuousScheduler:
             self.metrics.queue_wait.labels(self.name).observe(now - r.enqueued)
         return admitted
 
-    def _iterate(self, admitted: list[SeqRequest]) -> list[SeqRequest]:
-        """Compute thread: drop gone requests, encode the admitted, one decoder step."""
-        gone = [r for r in self.engine.active if r.gone]
-        if gone:
-            self.engine.drop(gone)
-            self.metrics.rejections.labels(self.name, "client_gone").inc(len(gone))
+    def _iterate(self, admitted: list[SeqRequest]) -> list[tuple[SeqRequest, Translation]]:
+        """Compute thread: drop gone requests, encode the admitted, then decoder steps until the event loop has
+        something to do: a request finished, a new one waits, a stream has news, or MAX_STEPS_PER_CALL."""
         self.engine.admit(admitted)
-        finished = self.engine.step()
-        self.engine.drop(finished)
-        return finished
+        for _ in range(MAX_STEPS_PER_CALL):
+            gone = [r for r in self.engine.active if r.gone]
+            if gone:
+                self.engine.drop(gone)
+                self.metrics.rejections.labels(self.name, "client_gone").inc(len(gone))
+            if not self.engine.active:
+                return []
+            finished = self.engine.step()
+            self.engine.drop(finished)
+            self._first_tokens()
+            if finished or self._waiting or self._stream_news():
+                break
+        return [(r, self._finish(r)) for r in finished]
+
+    def _finish(self, r: SeqRequest) -> Translation:
+        assert r.search is not None
+        hyp = r.search.result()
+        self.metrics.tokens_per_request.labels(self.name).observe(len(hyp.tokens))
+        return self.runtime.finish(r.src_ids, hyp)
+
+    def _first_tokens(self) -> None:
+        """Time to first token: a request's first step (for streams, their first certain token, in _report)."""
+        now = time.monotonic()
+        for r in self.engine.active:
+            if not r.stepped:
+                r.stepped = True
+                if r.on_tokens is None:
+                    self.metrics.time_to_first_token.labels(self.name).observe(now - r.enqueued)
+
+    def _stream_news(self) -> bool:
+        return any(r.on_tokens is not None and r.search is not None and len(r.search.certain()) > r.sent
+                   for r in self.engine.active)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -349,26 +379,28 @@ class ContinuousScheduler:
                         r.future.set_exception(exc)
                 self.engine = DecodeEngine(self.runtime, self.max_rows, self.metrics, self.name)
                 continue
-            self._report(stepping, finished)
+            self._report(finished)
 
-    def _report(self, stepping: list[SeqRequest], finished: list[SeqRequest]) -> None:
+    def _report(self, finished: list[tuple[SeqRequest, Translation]]) -> None:
+        """Event loop: stream the new certain tokens, answer the finished requests."""
         now = time.monotonic()
-        for r in stepping:
-            if r.search is None or r.gone:
+        for r in self.engine.active:
+            if r.on_tokens is None or r.search is None or r.gone:
                 continue
             certain = r.search.certain()
             if len(certain) > r.sent:
                 if r.sent == 0:
                     self.metrics.time_to_first_token.labels(self.name).observe(now - r.enqueued)
                 r.sent = len(certain)
-                if r.on_tokens is not None:
-                    r.on_tokens(certain)
-        for r in finished:
-            assert r.search is not None
-            hyp = r.search.result()
-            self.metrics.tokens_per_request.labels(self.name).observe(len(hyp.tokens))
+                r.on_tokens(certain)
+        for r, translation in finished:
+            if r.on_tokens is not None and len(translation.target_ids) > r.sent:
+                if r.sent == 0:
+                    self.metrics.time_to_first_token.labels(self.name).observe(now - r.enqueued)
+                r.sent = len(translation.target_ids)
+                r.on_tokens(translation.target_ids)
             if not r.future.done():
-                r.future.set_result(self.runtime.finish(r.src_ids, hyp))
+                r.future.set_result(translation)
         self.metrics.active_sequences.labels(self.name).set(len(self.engine.active))
         self.metrics.active_rows.labels(self.name).set(self.engine.rows)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,19 @@ class DecodeOptions:
 class Translation:
     text: str
     score: float
-    source_tokens: list[str]
-    target_tokens: list[str]
     attention: np.ndarray | None  # (target tokens, source tokens)
     target_ids: list[int]
+    source_ids: list[int]
+    encoders: tuple[TextEncoder, TextEncoder] = field(repr=False, compare=False)  # (source, target)
+
+    @property
+    def source_tokens(self) -> list[str]:
+        """Readable source pieces (made on demand: most answers never show them)."""
+        return self.encoders[0].tokens(self.source_ids)
+
+    @property
+    def target_tokens(self) -> list[str]:
+        return self.encoders[1].tokens(self.target_ids)
 
 
 class TranslatorRuntime:
@@ -61,8 +70,8 @@ class TranslatorRuntime:
         return translate_batch(self.runner, ids, lengths, factories)
 
     def finish(self, src_ids: Sequence[int], hyp: Hypothesis) -> Translation:
-        return Translation(self.target.decode(hyp.tokens), float(hyp.score), self.source.tokens(src_ids),
-                           self.target.tokens(hyp.tokens), hyp.attention, list(hyp.tokens))
+        return Translation(self.target.decode(hyp.tokens), float(hyp.score), hyp.attention, list(hyp.tokens),
+                           list(src_ids), (self.source, self.target))
 
     def translate(self, texts: Sequence[str], options: DecodeOptions = DecodeOptions()) -> list[Translation]:
         seqs = self.encode(texts)
