@@ -184,7 +184,7 @@ def report(points: Sequence[Point], a: argparse.Namespace, source: str, info: di
         "# Classification benchmark", "",
         f"Texts: {source}; one text per request. Each level: {a.repeats} windows of {a.seconds:g} s after "
         f"{a.warmup:g} s warm-up; the tables show medians. Service: `seqserve serve` with default settings "
-        "(dynamic batching; one onnxruntime thread, the other cores left to HTTP), one model loaded. Bare: "
+        "(dynamic batching, onnxruntime choosing its threads), one model loaded. Bare: "
         "`ClassifierRuntime.predict` (tokenize, pad, onnxruntime, softmax) on batches of N texts back to back, "
         "no HTTP, onnxruntime choosing its threads (one per core): the engine's limit on this machine.",
         "",
