@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +27,6 @@ from service.text import pad_batch
 from service.translator import DecodeOptions, Translation, TranslatorRuntime
 
 log = logging.getLogger("seqserve.scheduler")
-# Decoder steps one compute-thread call may make before the event loop looks again (it returns sooner when a
-# request finishes, another waits for admission, or a stream has new tokens).
-MAX_STEPS_PER_CALL = 32
 
 
 @dataclass(frozen=True)
@@ -266,18 +263,26 @@ def _fill(values: np.ndarray, n: int) -> np.ndarray:
 
 
 class ContinuousScheduler:
-    """The asyncio side: a bounded FIFO waiting queue, and a loop that runs one iteration at a time."""
+    """A bounded FIFO waiting queue (event-loop side) and a decode thread that runs iterations back to back.
+
+    The thread never waits for the event loop: it admits, steps and answers on its own, handing results and
+    stream tokens to the loop with `call_soon_threadsafe`, so HTTP work on the loop and decoding overlap.
+    """
 
     def __init__(self, name: str, runtime: TranslatorRuntime, metrics: Metrics, max_rows: int,
                  max_src_tokens: int, max_queue: int) -> None:
         self.name, self.runtime, self.metrics = name, runtime, metrics
         self.max_rows, self.max_src_tokens, self.max_queue = max_rows, max_src_tokens, max_queue
         self.engine = DecodeEngine(runtime, max_rows=max_rows, metrics=metrics, name=name)
-        self._waiting: list[SeqRequest] = []
-        self._wake = asyncio.Event()
-        self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-{name}")
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"scheduler-{name}")
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._waiting: list[SeqRequest] = []  # guarded by _lock
+        self._closed = False  # no new requests; the thread ends once everything is answered
+        self._abandon = False  # the drain bound passed: the thread ends after the current step
+        self._stopped = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name=f"decode-{name}", daemon=True)
+        self._thread.start()
         metrics.queue_capacity.labels(name).set(max_queue)
 
     @property
@@ -287,53 +292,75 @@ class ContinuousScheduler:
     def submit(self, payloads: Sequence[Any], lengths: Sequence[int], deadline: float | None = None,
                on_tokens: Callable[[list[int]], None] | None = None) -> list[asyncio.Future[Any]]:
         """Queue every item (TranslateItem) or none; one future per item."""
-        check_admission(self.name, self._closed, len(self._waiting) + len(payloads), self.max_queue)
-        loop, now = asyncio.get_running_loop(), time.monotonic()
-        futures: list[asyncio.Future[Any]] = []
-        for item in payloads:
-            future: asyncio.Future[Translation] = loop.create_future()
-            self._waiting.append(SeqRequest(item.src_ids, item.options, now, deadline, future, on_tokens))
-            futures.append(future)
-        self.metrics.queue_depth.labels(self.name).set(len(self._waiting))
-        self._wake.set()
+        now = time.monotonic()
+        with self._lock:
+            check_admission(self.name, self._closed, len(self._waiting) + len(payloads), self.max_queue)
+            futures: list[asyncio.Future[Any]] = []
+            for item in payloads:
+                future: asyncio.Future[Translation] = self._loop.create_future()
+                self._waiting.append(SeqRequest(item.src_ids, item.options, now, deadline, future, on_tokens))
+                futures.append(future)
+            self.metrics.queue_depth.labels(self.name).set(len(self._waiting))
+            self._work.notify()
         return futures
 
+    # ---- the decode thread ----
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not (self._waiting or self.engine.active or self._closed or self._abandon):
+                        self._work.wait()
+                    if self._abandon or (self._closed and not self._waiting and not self.engine.active):
+                        return
+                    admitted = self._admission()
+                try:
+                    finished = self._iterate(admitted)
+                except Exception as exc:  # a failed step fails the requests in it; the scheduler goes on
+                    log.exception("decode iteration failed on model %s", self.name)
+                    for r in {id(r): r for r in self.engine.active + admitted}.values():
+                        self._answer(r.future, error=exc)
+                    self.engine = DecodeEngine(self.runtime, self.max_rows, self.metrics, self.name)
+                    continue
+                self._report(finished)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop may already be closed
+                self._loop.call_soon_threadsafe(self._stopped.set)
+
     def _admission(self) -> list[SeqRequest]:
+        """Under the lock: apply the FIFO policy to the waiting queue."""
         engine = self.engine
         plan = plan_admission(
             [Candidate(r.options.beam_size, len(r.src_ids), r.deadline, r.gone) for r in self._waiting],
             self.max_rows - engine.rows, self.max_src_tokens - engine.src_tokens, self.max_rows - len(engine.active),
             time.monotonic(), idle=not engine.active)
         for i in plan.expired:
-            self._waiting[i].future.set_exception(DeadlineExceeded("deadline passed before compute; work skipped"))
+            expired = DeadlineExceeded("deadline passed before compute; work skipped")
+            self._answer(self._waiting[i].future, error=expired)
         if plan.expired:
             self.metrics.rejections.labels(self.name, "deadline").inc(len(plan.expired))
         if plan.gone:
             self.metrics.rejections.labels(self.name, "client_gone").inc(len(plan.gone))
         admitted = [self._waiting[i] for i in plan.admit]
         leaving = set(plan.admit) | set(plan.expired) | set(plan.gone)
-        self._waiting = [r for i, r in enumerate(self._waiting) if i not in leaving]
+        if leaving:
+            self._waiting = [r for i, r in enumerate(self._waiting) if i not in leaving]
+            self.metrics.queue_depth.labels(self.name).set(len(self._waiting))
         now = time.monotonic()
         for r in admitted:
             self.metrics.queue_wait.labels(self.name).observe(now - r.enqueued)
         return admitted
 
     def _iterate(self, admitted: list[SeqRequest]) -> list[tuple[SeqRequest, Translation]]:
-        """Compute thread: drop gone requests, encode the admitted, then decoder steps until the event loop has
-        something to do: a request finished, a new one waits, a stream has news, or MAX_STEPS_PER_CALL."""
+        """Drop requests whose client has gone, encode the admitted, one decoder step; -> the finished."""
+        gone = [r for r in self.engine.active if r.gone]
+        if gone:
+            self.engine.drop(gone)
+            self.metrics.rejections.labels(self.name, "client_gone").inc(len(gone))
         self.engine.admit(admitted)
-        for _ in range(MAX_STEPS_PER_CALL):
-            gone = [r for r in self.engine.active if r.gone]
-            if gone:
-                self.engine.drop(gone)
-                self.metrics.rejections.labels(self.name, "client_gone").inc(len(gone))
-            if not self.engine.active:
-                return []
-            finished = self.engine.step()
-            self.engine.drop(finished)
-            self._first_tokens()
-            if finished or self._waiting or self._stream_news():
-                break
+        finished = self.engine.step()
+        self.engine.drop(finished)
         return [(r, self._finish(r)) for r in finished]
 
     def _finish(self, r: SeqRequest) -> Translation:
@@ -342,79 +369,64 @@ class ContinuousScheduler:
         self.metrics.tokens_per_request.labels(self.name).observe(len(hyp.tokens))
         return self.runtime.finish(r.src_ids, hyp)
 
-    def _first_tokens(self) -> None:
-        """Time to first token: a request's first step (for streams, their first certain token, in _report)."""
-        now = time.monotonic()
-        for r in self.engine.active:
-            if not r.stepped:
-                r.stepped = True
-                if r.on_tokens is None:
-                    self.metrics.time_to_first_token.labels(self.name).observe(now - r.enqueued)
-
-    def _stream_news(self) -> bool:
-        return any(r.on_tokens is not None and r.search is not None and len(r.search.certain()) > r.sent
-                   for r in self.engine.active)
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            admitted = self._admission()
-            self.metrics.queue_depth.labels(self.name).set(len(self._waiting))
-            if not admitted and not self.engine.active:
-                if self._closed and not self._waiting:
-                    return
-                self._wake.clear()
-                if not self._waiting:
-                    await self._wake.wait()
-                else:  # waiting but nothing admitted (cannot happen when idle): yield and look again
-                    await asyncio.sleep(0.001)
-                continue
-            stepping = self.engine.active + admitted
-            try:
-                finished = await loop.run_in_executor(self._executor, self._iterate, admitted)
-            except Exception as exc:  # a failed step fails the requests in it; the scheduler goes on
-                log.exception("decode iteration failed on model %s", self.name)
-                for r in stepping:
-                    if not r.future.done():
-                        r.future.set_exception(exc)
-                self.engine = DecodeEngine(self.runtime, self.max_rows, self.metrics, self.name)
-                continue
-            self._report(finished)
-
     def _report(self, finished: list[tuple[SeqRequest, Translation]]) -> None:
-        """Event loop: stream the new certain tokens, answer the finished requests."""
+        """Time to first token, new certain tokens to streams, answers to the finished."""
         now = time.monotonic()
         for r in self.engine.active:
-            if r.on_tokens is None or r.search is None or r.gone:
+            if r.search is None or r.gone:
                 continue
-            certain = r.search.certain()
-            if len(certain) > r.sent:
-                if r.sent == 0:
+            if r.on_tokens is None:  # a plain request: its first decoder step made its first token
+                if not r.stepped:
+                    r.stepped = True
                     self.metrics.time_to_first_token.labels(self.name).observe(now - r.enqueued)
-                r.sent = len(certain)
-                r.on_tokens(certain)
+                continue
+            self._stream(r, r.search.certain(), now)
         for r, translation in finished:
-            if r.on_tokens is not None and len(translation.target_ids) > r.sent:
-                if r.sent == 0:
-                    self.metrics.time_to_first_token.labels(self.name).observe(now - r.enqueued)
-                r.sent = len(translation.target_ids)
-                r.on_tokens(translation.target_ids)
-            if not r.future.done():
-                r.future.set_result(translation)
+            if r.on_tokens is not None:
+                self._stream(r, translation.target_ids, now)
+            elif not r.stepped:
+                self.metrics.time_to_first_token.labels(self.name).observe(now - r.enqueued)
+            self._answer(r.future, translation)
         self.metrics.active_sequences.labels(self.name).set(len(self.engine.active))
         self.metrics.active_rows.labels(self.name).set(self.engine.rows)
 
+    def _stream(self, r: SeqRequest, certain: list[int], now: float) -> None:
+        if len(certain) > r.sent and r.on_tokens is not None:
+            if r.sent == 0:
+                self.metrics.time_to_first_token.labels(self.name).observe(now - r.enqueued)
+            r.sent = len(certain)
+            self._loop.call_soon_threadsafe(r.on_tokens, list(certain))
+
+    def _answer(self, future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+        """Resolve a future from the decode thread (unless its client has gone meanwhile)."""
+
+        def resolve() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(resolve)
+
+    # ---- event-loop side ----
+
     async def close(self, timeout: float) -> None:
         """Stop accepting; finish active and waiting requests within `timeout`."""
-        self._closed = True
-        self._wake.set()
+        with self._lock:
+            self._closed = True
+            self._work.notify()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            await asyncio.wait_for(self._stopped.wait(), timeout)
         except TimeoutError:
-            self._task.cancel()
+            with self._lock:
+                self._abandon = True
+                self._work.notify()
+            await asyncio.to_thread(self._thread.join, 10)  # the step in progress ends first
             for r in self._waiting + self.engine.active:
                 if not r.future.done():
                     r.future.set_exception(ShuttingDown("shutdown drain bound reached"))
-        self._executor.shutdown(wait=False)
         with contextlib.suppress(Exception):
             self.metrics.active_sequences.labels(self.name).set(0)
