@@ -314,7 +314,14 @@ class ContinuousScheduler:
                         self._work.wait()
                     if self._abandon or (self._closed and not self._waiting and not self.engine.active):
                         return
-                    admitted = self._admission()
+                    try:
+                        admitted = self._admission()
+                    except Exception as exc:  # a bug in admission must not leave requests waiting forever
+                        log.exception("admission failed on model %s", self.name)
+                        for r in self._waiting:
+                            self._answer(r.future, error=exc)
+                        self._waiting = []
+                        continue
                 try:
                     finished = self._iterate(admitted)
                 except Exception as exc:  # a failed step fails the requests in it; the scheduler goes on

@@ -222,6 +222,22 @@ def test_a_stream_whose_client_disconnects_frees_its_rows(make_server):
     assert httpx.post(f"{server.url}/v1/translate", json={"model": "numbers", "texts": ["one"]}).status_code == 200
 
 
+def test_a_failing_decoder_step_fails_only_its_requests_and_decoding_goes_on(make_server):
+    server = make_server()
+    runner = server.manager.models["numbers"].queue.engine.runner
+    original = runner.step
+
+    def broken(*args, **kwargs):
+        runner.step = original  # fails once
+        raise RuntimeError("injected decoder failure")
+
+    runner.step = broken
+    failed = httpx.post(f"{server.url}/v1/translate", json={"model": "numbers", "texts": ["one two"]}, timeout=30)
+    assert failed.status_code == 500 and failed.json()["request_id"] == failed.headers["x-request-id"]
+    again = httpx.post(f"{server.url}/v1/translate", json={"model": "numbers", "texts": ["one two"]}, timeout=30)
+    assert again.status_code == 200 and again.json()["results"][0]["translation"]
+
+
 def test_translation_metrics_are_exported(make_server):
     server = make_server()
     worker = threading.Thread(target=stream, args=(server.url, {"model": "numbers", "text": "one two"}))
