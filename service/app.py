@@ -81,6 +81,8 @@ def edge_shedding(settings: Settings, manager: ModelManager, metrics: Metrics) -
     def shed(scope: Scope, headers: dict[str, str]) -> tuple[str, str] | None:
         if scope["method"] != "POST" or (settings.api_key and not key_matches(headers, settings.api_key)):
             return None
+        if settings.cors_origins and "origin" in headers:
+            return None  # a browser needs the CORS headers the inner middleware adds to read the 503
         path: str = scope["path"]
         if path in V1_KINDS:
             kind, endpoint = V1_KINDS[path], path

@@ -47,7 +47,8 @@ def test_full_queue_gets_503_with_retry_after_and_accepted_requests_finish(make_
 def test_full_queue_sheds_at_the_edge_before_reading_the_body(make_server):
     """With every reachable queue full, a request gets 503 without its body being parsed; anything the
     edge cannot be sure of (another model, an unloaded version, a missing key) takes the normal path."""
-    server = make_server(max_queue_size=2, max_batch_size=1, retry_after_s=3, api_key="k")
+    server = make_server(max_queue_size=2, max_batch_size=1, retry_after_s=3, api_key="k",
+                         cors_origins=["http://ui.example"])
     slow(server.manager.models["reviews"], 1.0)
     key = {"X-API-Key": "k"}
     first = threading.Thread(target=httpx.post, args=(f"{server.url}/v1/classify",),
@@ -66,6 +67,9 @@ def test_full_queue_sheds_at_the_edge_before_reading_the_body(make_server):
         assert r.status_code == 503 and r.headers["retry-after"] == "3", r.text
         assert "queue is full" in r.json()["error"] and r.json()["request_id"] == r.headers["x-request-id"]
     assert httpx.post(f"{server.url}/v1/classify", json={"texts": [POSITIVE]}).status_code == 401  # no key
+    browser = httpx.post(f"{server.url}/v1/classify", json={"texts": [POSITIVE]},
+                         headers={**key, "Origin": "http://ui.example"})  # needs the CORS headers: normal path
+    assert browser.status_code == 503 and browser.headers["access-control-allow-origin"] == "http://ui.example"
     assert httpx.post(f"{server.url}/v2/models/reviews/versions/9/infer", json=infer, headers=key).status_code == 404
     translated = httpx.post(f"{server.url}/v1/translate", json={"texts": ["two five"], "beam_size": 1}, headers=key,
                             timeout=30)
@@ -75,7 +79,7 @@ def test_full_queue_sheds_at_the_edge_before_reading_the_body(make_server):
     again = httpx.post(f"{server.url}/v1/classify", json={"texts": [POSITIVE]}, headers=key, timeout=30)
     assert again.status_code == 200 and again.json()["results"][0]["label"] == "pos"  # room again
     scrape = httpx.get(f"{server.url}/metrics").text
-    assert metric(scrape, "seqserve_rejections_total", model="reviews", reason="queue_full") == 2
+    assert metric(scrape, "seqserve_rejections_total", model="reviews", reason="queue_full") == 3
     assert metric(scrape, "seqserve_requests_total", model="reviews", endpoint="/v2/models/{name}/infer",
                   status="503") == 1
 
