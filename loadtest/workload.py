@@ -17,13 +17,21 @@ def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def check_classification(body: Any, n_texts: int, labels: Collection[str] | None) -> str | None:
-    """None if `body` is a right /v1/classify answer for `n_texts` texts, else what is wrong with it."""
+def _results(body: Any, n_texts: int) -> list[Any] | str:
+    """The answer's results list, or what is wrong with it (missing, or not one result per text)."""
     results = body.get("results") if isinstance(body, dict) else None
     if not isinstance(results, list):
         return "no results list in the answer"
     if len(results) != n_texts:
         return f"{len(results)} results for {n_texts} texts"
+    return results
+
+
+def check_classification(body: Any, n_texts: int, labels: Collection[str] | None) -> str | None:
+    """None if `body` is a right /v1/classify answer for `n_texts` texts, else what is wrong with it."""
+    results = _results(body, n_texts)
+    if isinstance(results, str):
+        return results
     for i, result in enumerate(results):
         probs = result.get("probabilities") if isinstance(result, dict) else None
         if not isinstance(probs, dict) or not probs or not all(_number(p) for p in probs.values()):
@@ -44,11 +52,9 @@ def check_classification(body: Any, n_texts: int, labels: Collection[str] | None
 
 def check_translation(body: Any, n_texts: int) -> str | None:
     """None if `body` is a right /v1/translate answer: one non-empty translation and a finite score per text."""
-    results = body.get("results") if isinstance(body, dict) else None
-    if not isinstance(results, list):
-        return "no results list in the answer"
-    if len(results) != n_texts:
-        return f"{len(results)} results for {n_texts} texts"
+    results = _results(body, n_texts)
+    if isinstance(results, str):
+        return results
     for i, result in enumerate(results):
         text = result.get("translation") if isinstance(result, dict) else None
         if not isinstance(text, str) or not text.strip():

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import uvicorn
 
 from service.app import create_app
+from service.bench.server import free_port, stop_process, wait_ready
 from service.settings import Settings
 from tests.conftest import synthetic_pairs, synthetic_reviews, write_csv, write_tsv
 from training.classify import ClassifierJob, LabelledData, train_classifier
@@ -26,26 +23,6 @@ from training.loop import TrainConfig
 from training.translate import ParallelData, TranslatorJob, train_translator
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, timeout: float = 90.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready within {timeout}s")
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +76,7 @@ class ThreadServer:
 
     def __enter__(self) -> ThreadServer:
         self.thread.start()
-        wait_ready(self.url)
+        wait_ready(self.url, timeout=90)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -135,15 +112,9 @@ class ProcessServer:
         self.proc = subprocess.Popen([str(BIN / "seqserve"), "serve", "--model-repository", str(repo),
                                       "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
                                      env=full_env)
-        wait_ready(self.url, proc=self.proc)
+        wait_ready(self.url, timeout=90, proc=self.proc)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        code = stop_process(self.proc)
         self.log.close()
-        return int(self.proc.returncode)
+        return code

@@ -22,6 +22,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log_hint: str = "") -> None:
+    """Until `url` answers /v2/health/ready with 200; fails early if `proc` exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise UserError(f"the service exited with {proc.returncode} before it was ready{log_hint}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise UserError(f"{url} was not ready within {timeout:.0f}s{log_hint}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 60.0) -> int:
+    """SIGTERM by PID, then SIGKILL if it has not exited within `grace` seconds; -> its exit code."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return int(proc.returncode)
+
+
 class ServiceProcess:
     """Serves `repo` with `settings` given as `seqserve serve` flags (e.g. scheduler="static"); logs to `log_path`."""
 
@@ -39,36 +66,15 @@ class ServiceProcess:
                 [sys.executable, "-m", "service.cli", "serve", "--model-repository", str(self.repo),
                  "--host", "127.0.0.1", "--port", str(self.port), *self.flags], stdout=log, stderr=subprocess.STDOUT)
         try:
-            self._wait_ready()
+            wait_ready(self.url, self.ready_timeout, self.proc, f"; see {self.log_path}")
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise UserError(f"the service exited with {self.proc.returncode} before it was ready; "
-                                f"see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise UserError(f"the service was not ready within {self.ready_timeout:.0f}s; see {self.log_path}")
-
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

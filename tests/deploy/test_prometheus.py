@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,8 +14,8 @@ import httpx
 import pytest
 import yaml
 
+from service.bench.server import free_port, stop_process
 from tests.deploy.conftest import DEPLOY, dashboard_queries, tool
-from tests.fixtures import free_port
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 CLASSIFY, TRANSLATE = 7, 3
@@ -96,13 +94,7 @@ class Prometheus:
         return Path(self.log.name).read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process(self.proc, grace=20)
         self.log.close()
 
 

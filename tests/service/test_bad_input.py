@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from service.bench.server import free_port
 from service.settings import Settings
-from tests.fixtures import ThreadServer, free_port
+from tests.fixtures import ThreadServer
 
 ENDPOINTS = ["classify", "translate", "stream", "v2-classifier", "v2-translator"]
 GOOD = {"classify": "the film is superb", "translate": "one two", "stream": "one two",
