@@ -4,9 +4,11 @@ project's deployment files, and live servers from the service fixtures."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -54,12 +56,31 @@ def exercise(url: str) -> None:
     assert late.status_code == 504, f"a 1 µs deadline should be refused with 504, got {late.status_code}: {late.text}"
 
 
+def dashboard() -> dict[str, Any]:
+    return dict(json.loads((DEPLOY / "grafana" / "dashboards" / "seqserve.json").read_text()))
+
+
 def dashboard_queries() -> list[str]:
-    """Every PromQL expression in the Grafana dashboard (panels, rows and the template variable)."""
-    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "seqserve.json").read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    exprs += [t["expr"] for p in dashboard["panels"] for sub in p.get("panels", []) for t in sub.get("targets", [])]
+    """Every PromQL expression in the Grafana dashboard's panels (rows included)."""
+    panels = dashboard()["panels"]
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    exprs += [t["expr"] for p in panels for sub in p.get("panels", []) for t in sub.get("targets", [])]
     return exprs
+
+
+LABEL_VALUES = re.compile(r"label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*,\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)")
+
+
+def template_variables() -> dict[str, tuple[str, str]]:
+    """Each query variable of the dashboard -> (metric, label) of its Grafana `label_values(metric, label)`."""
+    found = {}
+    for variable in dashboard()["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+            match = LABEL_VALUES.fullmatch(query.strip())
+            assert match, f"dashboard variable {variable['name']}: expected label_values(metric, label), got {query!r}"
+            found[variable["name"]] = (match[1], match[2])
+    return found
 
 
 def alert_queries() -> list[str]:

@@ -9,7 +9,14 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.deploy.conftest import DEPLOY, alert_queries, dashboard_queries, exercise, exported_series
+from tests.deploy.conftest import (
+    DEPLOY,
+    alert_queries,
+    dashboard_queries,
+    exercise,
+    exported_series,
+    template_variables,
+)
 
 METRIC = re.compile(r"\b(seqserve_[a-z0-9_]+)\b")
 SELECTOR = re.compile(r"\b(seqserve_[a-z0-9_]+)\{([^}]*)\}")
@@ -40,6 +47,10 @@ def test_dashboard_and_alerts_use_only_exported_metrics_and_labels(make_server: 
                 for label in filter(None, (g.strip() for g in grouping.split(","))):
                     assert label in known_labels, f"{source}: no exported series has the label {label!r}: {expr}"
             used.update(names)
+    variables = template_variables()
+    assert "model" in variables
+    for variable, (name, label) in variables.items():
+        assert label in exported.get(name, set()), f"dashboard variable {variable}: {name} has no label {label!r}"
     # The dashboard covers what the issue asks for: requests, latency, batches, queue, rejections, translation.
     for name in ("seqserve_requests_total", "seqserve_request_duration_seconds_bucket", "seqserve_batch_size_sum",
                  "seqserve_queue_depth", "seqserve_rejections_total", "seqserve_active_sequences",

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from service.bench.server import free_port, stop_process
-from tests.deploy.conftest import DEPLOY, dashboard_queries, tool
+from tests.deploy.conftest import DEPLOY, dashboard_queries, template_variables, tool
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 CLASSIFY, TRANSLATE = 7, 3
@@ -145,6 +145,9 @@ def test_real_prometheus_counts_requests_and_computes_p99(make_server: Any,
     # Every dashboard query is valid PromQL for this Prometheus, and every alert rule evaluates without error.
     for expr in dashboard_queries():
         prom.query(expr.replace("$__rate_interval", "1m").replace("$model", ".*"))
+    for metric, label in template_variables().values():  # Grafana asks the label-values API for these
+        values = httpx.get(f"{prom.url}/api/v1/label/{label}/values", params={"match[]": metric}, timeout=10)
+        assert set(values.json()["data"]) == {"reviews", "numbers"}, values.text
 
     def evaluated_rules() -> list[dict[str, Any]]:
         groups = httpx.get(f"{prom.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
