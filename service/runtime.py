@@ -25,6 +25,9 @@ class SessionOptions:
     device: str = "auto"  # auto: CUDA when onnxruntime has it, else CPU
     intra_op_threads: int = 0  # 0 lets onnxruntime choose
     graph_optimization: str = "all"
+    # onnxruntime's pool threads spin-wait between runs by default. Offline that saves a wake-up per call;
+    # in the service the spinning steals the cores the event loop needs, so the service turns it off.
+    spinning: bool = True
 
 
 def providers_for(device: str) -> list[str]:
@@ -43,6 +46,8 @@ def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
     so.inter_op_num_threads = 1
     so.graph_optimization_level = OPT_LEVELS[opts.graph_optimization]
     so.log_severity_level = 3
+    if not opts.spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), sess_options=so, providers=providers_for(opts.device))
     if opts.device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError("device 'cuda' asked for, but onnxruntime fell back to the CPU (check the CUDA and "

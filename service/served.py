@@ -196,7 +196,8 @@ def build_model(name: str, version_dir: Path, config: dict[str, Any], settings: 
     missing = sorted({name for name in needed if not (version_dir / name).is_file()})
     if missing:
         raise FileNotFoundError(f"missing {', '.join(missing)}")
-    opts = SessionOptions(settings.device, settings.intra_op_threads, settings.graph_optimization)
+    opts = SessionOptions(settings.device, settings.intra_op_threads, settings.graph_optimization,
+                          settings.intra_op_spinning)
     cls = ServedClassifier if config["kind"] == "classifier" else ServedTranslator
     model = cls(name, version_dir, config, opts)
     model.warm_up()

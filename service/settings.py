@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per session (0: onnxruntime "
                                   "decides, one per core; measured faster than 1 even for small models)")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    intra_op_spinning: bool = Field(False, description="let onnxruntime's idle pool threads spin-wait (faster "
+                                    "back-to-back runs, but they take CPU from request handling; measured slower)")
 
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_queue_delay_ms: float = Field(0.0, ge=0, le=10_000, description="wait this long for a fuller batch when "
