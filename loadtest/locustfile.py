@@ -34,6 +34,7 @@ from loadtest.workload import (  # noqa: E402
     english_sentences,
     read_lines,
     review_texts,
+    runs_a_task,
     step_users,
 )
 
@@ -144,6 +145,18 @@ class StepLoadShape(LoadTestShape):
             users = step_users(elapsed, options.step_users, options.step_seconds, options.step_count)
             return None if users is None else (users, options.spawn_rate)
         return options.num_users, options.spawn_rate
+
+
+@events.init.add_listener
+def _only_users_with_tasks(environment: Environment, **_: Any) -> None:
+    """With --tags or --exclude-tags, start only the user classes that still have a task to run."""
+    options = environment.parsed_options
+    if options is None or not (options.tags or options.exclude_tags):
+        return
+    tags, excluded = set(options.tags) if options.tags else None, set(options.exclude_tags or [])
+    kept = [u for u in environment.user_classes if runs_a_task(u, tags, excluded)]
+    if kept:  # none: locust's own message about the tags is clearer than an empty run
+        environment.user_classes[:] = kept
 
 
 @events.test_start.add_listener

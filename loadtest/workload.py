@@ -142,6 +142,17 @@ def parse_check_line(log: str) -> dict[str, dict[str, int]]:
     return counts
 
 
+def runs_a_task(user_class: type, tags: set[str] | None, exclude_tags: set[str] | None) -> bool:
+    """Whether any of a locust user class's tasks survives --tags/--exclude-tags (untagged tasks count as untagged).
+
+    Locust filters the tasks but still starts a user class left with none, which then fails in a loop."""
+    for task in getattr(user_class, "tasks", []):
+        task_tags = getattr(task, "locust_tag_set", set())
+        if (tags is None or task_tags & tags) and not (exclude_tags and task_tags & exclude_tags):
+            return True
+    return False
+
+
 def step_users(elapsed: float, step: int, seconds: float, count: int) -> int | None:
     """Users wanted `elapsed` seconds into a step load: `step` more every `seconds`; after `count` steps (0: no
     limit) the load stops."""

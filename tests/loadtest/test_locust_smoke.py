@@ -61,6 +61,8 @@ def test_a_200_with_wrong_content_counts_as_a_failure(make_server, tmp_path):
                                         "2", "--step-seconds", "1", "--step-count", "3",
                                         "--classifier-labels", "fresh,rotten")
     assert code == 1, log[-3000:]  # locust's exit code when any request failed
+    assert "No tasks defined" not in log and "TranslateUser" not in log  # only the tagged user class ran
+    assert (tmp_path / "run_exceptions.csv").read_text("utf-8").count("\n") <= 1  # the header alone
     assert int(rows["/v1/classify"]["Failure Count"]) == int(rows["/v1/classify"]["Request Count"]) > 0
     assert set(rows) == {"/v1/classify", "Aggregated"}
     requests = final["/v1/classify"]["num_requests"]

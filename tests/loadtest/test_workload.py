@@ -15,6 +15,7 @@ from loadtest.workload import (
     check_translation,
     parse_check_line,
     parse_sse,
+    runs_a_task,
     step_users,
 )
 
@@ -124,3 +125,25 @@ def test_step_load_adds_users_each_step_and_stops_after_the_last():
     schedule = [step_users(t, 4, 10.0, 3) for t in (0.0, 9.9, 10.0, 25.0, 29.9, 30.0)]
     assert schedule == [4, 4, 8, 12, 12, None]
     assert step_users(1000.0, 2, 10.0, 0) == 202  # no step limit: -t bounds the run
+
+
+def test_a_user_class_runs_only_if_a_task_survives_the_tags():
+    from locust import User, tag, task
+
+    class Tagged(User):
+        abstract = True
+
+        @tag("classify")
+        @task
+        def classify(self) -> None: ...
+
+    class Untagged(User):
+        abstract = True
+
+        @task
+        def plain(self) -> None: ...
+
+    assert runs_a_task(Tagged, None, None) and runs_a_task(Tagged, {"classify"}, None)
+    assert not runs_a_task(Tagged, {"translate"}, None)
+    assert not runs_a_task(Tagged, None, {"classify"}) and runs_a_task(Tagged, None, {"stream"})
+    assert not runs_a_task(Untagged, {"classify"}, None) and runs_a_task(Untagged, None, {"classify"})
