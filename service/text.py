@@ -45,11 +45,38 @@ class TextEncoder:
         return out
 
     def tokens(self, ids: Sequence[int]) -> list[str]:
-        """Readable form of each id (for attention plots and API responses)."""
-        return [self.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+        """Readable form of each id, for attention plots and API responses.
+
+        A byte-level piece can hold part of a character (CJK and emoji take 3-4 pieces). Such a piece is shown as
+        its bytes, "<0xE6>" (SentencePiece's notation), and the piece that completes the character shows it."""
+        labels, shown = [], ""
+        for n, i in enumerate(ids, start=1):
+            text = str(self.tokenizer.decode(list(ids[:n]), skip_special_tokens=False)).rstrip("\ufffd")
+            if len(text) > len(shown) and text.startswith(shown):
+                labels.append(text[len(shown):])
+                shown = text
+            else:  # only part of a character so far
+                labels.append(self._piece_bytes(i))
+        return labels
+
+    def _piece_bytes(self, token_id: int) -> str:
+        raw = _BYTE_LEVEL_DECODE.get
+        piece = self.tokenizer.id_to_token(token_id) or ""
+        return "".join(f"<0x{raw(ch, ord(ch)):02X}>" for ch in piece)
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True)).strip()
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """The printable character that byte-level BPE writes for each byte (GPT-2's table), mapped back to the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    shifted = iter(range(256, 512))
+    return {chr(b if b in printable else next(shifted)): b for b in range(256)}
+
+
+_BYTE_LEVEL_DECODE = _byte_level_alphabet()
 
 
 def pad_batch(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
