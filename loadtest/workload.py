@@ -188,3 +188,19 @@ def english_sentences() -> list[str]:
         raise ValueError(f"{path}: missing; set SEQSERVE_MULTI30K_DIR or pass --texts-file")
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         return [line.strip() for line in fh if line.strip()]
+
+
+def write_texts(out_dir: Path) -> dict[str, Path]:
+    """The data-set texts each kind of request uses, one per line, for load generators without the data sets."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {"classify": out_dir / "classify.txt", "translate": out_dir / "translate.txt"}
+    for kind, texts in (("classify", review_texts()), ("translate", english_sentences())):
+        written[kind].write_text("".join(" ".join(t.split()) + "\n" for t in texts), encoding="utf-8")
+    return written
+
+
+if __name__ == "__main__":  # python -m loadtest.workload OUT_DIR
+    import sys
+
+    for kind, path in write_texts(Path(sys.argv[1] if len(sys.argv) > 1 else "loadtest/texts")).items():
+        sys.stdout.write(f"{kind}: {len(read_lines(path))} texts in {path}\n")

@@ -15,8 +15,11 @@ from loadtest.workload import (
     check_translation,
     parse_check_line,
     parse_sse,
+    read_lines,
+    review_texts,
     runs_a_task,
     step_users,
+    write_texts,
 )
 
 GOOD_CLASSIFY = {"model": "reviews", "version": 1,
@@ -128,22 +131,24 @@ def test_step_load_adds_users_each_step_and_stops_after_the_last():
 
 
 def test_a_user_class_runs_only_if_a_task_survives_the_tags():
-    from locust import User, tag, task
+    """Classes shaped as locust makes them (`tasks`, and `@tag` sets `locust_tag_set`); importing locust here
+    would monkey-patch the test process with gevent."""
+    def classify() -> None: ...
 
-    class Tagged(User):
-        abstract = True
+    def plain() -> None: ...
 
-        @tag("classify")
-        @task
-        def classify(self) -> None: ...
+    classify.locust_tag_set = {"classify"}  # type: ignore[attr-defined]
+    tagged, untagged = type("Tagged", (), {"tasks": [classify]}), type("Untagged", (), {"tasks": [plain]})
+    assert runs_a_task(tagged, None, None) and runs_a_task(tagged, {"classify"}, None)
+    assert not runs_a_task(tagged, {"translate"}, None)
+    assert not runs_a_task(tagged, None, {"classify"}) and runs_a_task(tagged, None, {"stream"})
+    assert not runs_a_task(untagged, {"classify"}, None) and runs_a_task(untagged, None, {"classify"})
 
-    class Untagged(User):
-        abstract = True
 
-        @task
-        def plain(self) -> None: ...
-
-    assert runs_a_task(Tagged, None, None) and runs_a_task(Tagged, {"classify"}, None)
-    assert not runs_a_task(Tagged, {"translate"}, None)
-    assert not runs_a_task(Tagged, None, {"classify"}) and runs_a_task(Tagged, None, {"stream"})
-    assert not runs_a_task(Untagged, {"classify"}, None) and runs_a_task(Untagged, None, {"classify"})
+def test_the_data_set_texts_are_written_one_per_line_for_containers(tmp_path):
+    files = write_texts(tmp_path / "texts")
+    assert set(files) == {"classify", "translate"}
+    reviews, sentences = read_lines(files["classify"]), read_lines(files["translate"])
+    assert len(reviews) == 2000 and len(sentences) == 1000  # Rotten Tomatoes sample, Multi30k test2016
+    assert reviews == [" ".join(t.split()) for t in review_texts()]
+    assert all("\n" not in t and t for t in reviews + sentences)
