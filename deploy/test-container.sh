@@ -76,9 +76,13 @@ build_base_image() {
 
 build_image() {
     log "building $IMAGE from Dockerfile"
-    # pip in the build trusts this machine's CA bundle (mounted for the RUN steps, never copied into a layer);
-    # the host's extra indexes (file:// folders) do not exist in the container, so pip uses PyPI.
-    local ca=/etc/ssl/certs/ca-certificates.crt
+    # pip in the build trusts the CA bundle this machine's pip configuration names (its `cert`), mounted for the
+    # RUN steps rather than copied into a layer; the host's extra indexes (file:// folders) do not exist in the
+    # container, so pip uses PyPI.
+    local ca
+    ca=$("$VENV_BIN/pip" config list 2>/dev/null | sed -n "s/^[^.]*\.cert='\(.*\)'$/\1/p" | head -n 1)
+    [[ -n $ca && -f $ca ]] || ca=/etc/ssl/certs/ca-certificates.crt
+    log "pip in the build trusts $ca"
     "${PODMAN[@]}" build --pull=never --network host --format docker \
         --volume "$ca:/run/host-ca.crt:ro" --build-arg PIP_CERT=/run/host-ca.crt \
         --build-arg PYTHON_IMAGE="$BASE_IMAGE" -t "$IMAGE" -f Dockerfile .
