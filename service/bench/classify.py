@@ -21,21 +21,25 @@ from service.bench.core import (
     Point,
     checked,
     function_loop,
+    open_loop_points,
     read_texts,
     run_closed_loop,
     summarize,
 )
 from service.bench.report import (
+    Series,
     find,
     fmt,
     machine_info,
     machine_section,
     markdown_table,
+    open_loop_section,
     plot,
-    points_json,
+    plot_offered_load,
     points_table,
     progress,
     ratio,
+    series_json,
 )
 from service.errors import UserError
 from service.repository import read_config, versions
@@ -99,15 +103,21 @@ def check_answer(call: Call, body: Any) -> str | None:
     return None
 
 
-def service_points(series: str, url: str, texts: Sequence[str], a: argparse.Namespace) -> list[Point]:
+def service_points(series: str, url: str, texts: Sequence[str], a: argparse.Namespace) -> Series:
+    """The closed loop at each concurrency, then the open loop at fractions of the best throughput it reached."""
     endpoint = f"{url.rstrip('/')}/v1/classify"
-    points = []
+    closed = []
     for level in a.levels:
         windows = [run_closed_loop(endpoint, classify_source(texts, a.model), level, a.seconds, warmup=a.warmup,
                                    check=check_answer) for _ in range(a.repeats)]
-        points.append(checked(summarize(series, windows)))
-        progress(points[-1])
-    return points
+        closed.append(checked(summarize(series, windows)))
+        progress(closed[-1])
+    capacity = max(p.throughput for p in closed)  # requests/s: one text per request
+    opened = open_loop_points(series, endpoint, classify_source(texts, a.model), capacity, a.load_fractions,
+                              seconds=a.seconds, warmup=a.warmup, repeats=a.repeats, check=check_answer)
+    for p in opened:
+        progress(p, "offered")
+    return Series(closed, opened)
 
 
 def bare_points(variant: Variant, texts: Sequence[str], a: argparse.Namespace) -> list[Point]:
@@ -143,12 +153,12 @@ def with_int8(variants: list[Variant], log_dir: Path) -> list[Variant]:
     return [*variants, Variant("int8", target)]
 
 
-def measure(a: argparse.Namespace, texts: Sequence[str], log_dir: Path) -> list[Point]:
+def measure(a: argparse.Namespace, texts: Sequence[str], log_dir: Path) -> Series:
     """One heavy thing at a time: each service is stopped before the next series starts."""
     variants = find_variants(a.repo / a.model) if a.repo else []
     if not a.no_int8:
         variants = with_int8(variants, log_dir)
-    points: list[Point] = []
+    points = Series([], [])
     if a.url:
         version = served_version(a.url, a.model)
         label = next((v.label for v in variants if int(v.version_dir.name) == version), f"v{version}")
@@ -161,7 +171,7 @@ def measure(a: argparse.Namespace, texts: Sequence[str], log_dir: Path) -> list[
             with ServiceProcess(repo, log_dir / f"serve-{variant.label}.log", models=a.model) as server:
                 points += service_points(f"service {variant.label}", server.url, texts, a)
         if not a.no_bare:
-            points += bare_points(variant, texts, a)
+            points += Series(bare_points(variant, texts, a), [])
     return points
 
 
@@ -178,7 +188,8 @@ def ratio_rows(points: Sequence[Point], levels: Sequence[int]) -> list[list[str]
     return rows
 
 
-def report(points: Sequence[Point], a: argparse.Namespace, source: str, info: dict[str, str]) -> str:
+def report(series: Series, a: argparse.Namespace, source: str, info: dict[str, str]) -> str:
+    points = series.closed
     fp32 = next((p for p in points if p.series == "service fp32" and p.level == max(a.levels)), None)
     return "\n".join([
         "# Classification benchmark", "",
@@ -196,7 +207,8 @@ def report(points: Sequence[Point], a: argparse.Namespace, source: str, info: di
                        ratio_rows(points, a.levels)),
         f"Service fp32 at concurrency {max(a.levels)}: "
         f"{fmt(fp32.throughput) if fp32 else 'n/a'} texts/s.", "",
-        "![throughput and latency](classify.png)" if a.out else "", "", machine_section(info)])
+        "![throughput and latency](classify.png)" if a.out else "", "",
+        open_loop_section(series.opened, a, "classify-load.png" if a.out else None), machine_section(info)])
 
 
 def run(a: argparse.Namespace) -> None:
@@ -204,13 +216,16 @@ def run(a: argparse.Namespace) -> None:
     info = machine_info()
     log_dir = Path(tempfile.mkdtemp(prefix="seqserve-bench-classify-"))
     sys.stderr.write(f"bench classify: {len(texts)} texts; service logs in {log_dir}\n")
-    points = measure(a, texts, log_dir)
-    text = report(points, a, source, info)
+    series = measure(a, texts, log_dir)
+    text = report(series, a, source, info)
     sys.stdout.write(text)
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "classify.md").write_text(text, encoding="utf-8")
-        (a.out / "classify.json").write_text(json.dumps(points_json(points), indent=1) + "\n", encoding="utf-8")
-        plot(points, a.out / "classify.png", title=f"classification ({a.model}); bare: batch size on the x axis")
-        sys.stderr.write(f"bench classify: wrote {a.out}/classify.md, classify.json, classify.png\n")
+        (a.out / "classify.json").write_text(json.dumps(series_json(series), indent=1) + "\n", encoding="utf-8")
+        plot(series.closed, a.out / "classify.png",
+             title=f"classification ({a.model}); bare: batch size on the x axis")
+        if series.opened:
+            plot_offered_load(series.opened, a.out / "classify-load.png", title=f"classification ({a.model})")
+        sys.stderr.write(f"bench classify: wrote {a.out}/classify.md, classify.json and the PNG plots\n")
 

@@ -1,4 +1,4 @@
-"""Closed-loop load generation over HTTP (and over a plain function) and the statistics of what it measured."""
+"""Closed- and open-loop load generation over HTTP (and over a plain function) and the statistics it measured."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import math
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -58,7 +59,7 @@ class KindStats:
 class Window:
     """One measurement: a load level held for `seconds`, after a warm-up that is not counted."""
 
-    level: int  # concurrency (HTTP) or batch size (bare)
+    level: int  # concurrency (closed loop), offered requests/s (open loop) or batch size (bare)
     seconds: float
     kinds: dict[str, KindStats]
     first_error: str | None = None
@@ -163,6 +164,74 @@ async def closed_loop(url: str, source: CallSource, concurrency: int, seconds: f
 def run_closed_loop(url: str, source: CallSource, concurrency: int, seconds: float, *, warmup: float = 1.0,
                     check: Check | None = None) -> Window:
     return asyncio.run(closed_loop(url, source, concurrency, seconds, warmup=warmup, check=check))
+
+
+async def open_loop(url: str, source: CallSource, rate: float, seconds: float, *, warmup: float = 1.0,
+                    timeout: float = 300.0, check: Check | None = None, max_in_flight: int = 2048,
+                    seed: int = 0) -> Window:
+    """Requests start at Poisson arrivals, `rate` a second, whatever the answers do: the load of many independent
+    clients. Latency runs from each request's scheduled start, so a server that falls behind shows it (a closed
+    loop would wait for it, and slow down its own arrivals: coordinated omission).
+
+    The requests scheduled inside the window are measured, however late they finish; throughput is their
+    answered texts over the time from the window's start to the later of its end and their last answer.
+    """
+    if rate <= 0 or seconds <= 0 or warmup < 0:
+        raise ValueError("open_loop needs rate > 0, seconds > 0 and warmup >= 0")
+    window = Window(round(rate), seconds, {})
+    rng = random.Random(seed)
+    in_flight: set[asyncio.Task[None]] = set()
+    last_answer = 0.0
+    connector = aiohttp.TCPConnector(limit=max_in_flight)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        begin = time.perf_counter() + warmup
+        end = begin + seconds
+
+        async def one(call: Call, scheduled: float) -> None:
+            nonlocal last_answer
+            error = await _send(session, url, call, check)
+            done = time.perf_counter()
+            if begin <= scheduled < end:
+                window.record(call.kind, call.texts, done - scheduled, error)
+                last_answer = max(last_answer, done)
+
+        at = time.perf_counter()
+        for n in itertools.count():
+            if at >= end:
+                break
+            if (wait := at - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            call = source(0, n)
+            if len(in_flight) >= max_in_flight:  # the server is this far behind: count the request as refused
+                if begin <= at < end:
+                    window.record(call.kind, call.texts, 0.0, f"more than {max_in_flight} requests in flight")
+            else:
+                task = asyncio.create_task(one(call, at))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            at += rng.expovariate(rate)
+        await asyncio.gather(*in_flight)
+    window.seconds = max(seconds, last_answer - begin)
+    return window
+
+
+def run_open_loop(url: str, source: CallSource, rate: float, seconds: float, *, warmup: float = 1.0,
+                  check: Check | None = None, seed: int = 0) -> Window:
+    return asyncio.run(open_loop(url, source, rate, seconds, warmup=warmup, check=check, seed=seed))
+
+
+def open_loop_points(series: str, url: str, source: CallSource, capacity: float, fractions: Sequence[float], *,
+                     seconds: float, warmup: float, repeats: int, check: Check | None,
+                     kinds: Sequence[str] = ()) -> list[Point]:
+    """Latency against offered load: an open loop at each fraction of `capacity` (requests/s, e.g. the best a
+    closed loop reached); one point per rate, plus one per request kind in `kinds`."""
+    points = []
+    for fraction in fractions:
+        windows = [run_open_loop(url, source, fraction * capacity, seconds, warmup=warmup, check=check, seed=r)
+                   for r in range(repeats)]
+        points.append(summarize(series, windows))
+        points += [summarize(series, windows, kind) for kind in kinds]
+    return points
 
 
 def batches(texts: Sequence[str], size: int) -> list[list[str]]:

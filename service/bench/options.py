@@ -20,6 +20,17 @@ def levels(text: str) -> list[int]:
     return values
 
 
+def fractions(text: str) -> list[float]:
+    """'0.5,1.1' -> [0.5, 1.1]; each positive. An empty string: none."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
 def _common(p: argparse.ArgumentParser, model: str, default_levels: str) -> None:
     target = p.add_argument_group("what to measure (--url, --repo or both)")
     target.add_argument("--url", help="a running service, e.g. http://127.0.0.1:8000")
@@ -29,6 +40,9 @@ def _common(p: argparse.ArgumentParser, model: str, default_levels: str) -> None
     load = p.add_argument_group("load")
     load.add_argument("--levels", type=levels, default=levels(default_levels), metavar="N,N,...",
                       help=f"concurrency levels (default {default_levels})")
+    load.add_argument("--load-fractions", type=fractions, default=fractions("0.25,0.5,0.75,0.9,1.1"),
+                      metavar="F,F,...", help="open loop after each closed-loop series: Poisson arrivals at these "
+                      "fractions of the throughput it reached (default 0.25,0.5,0.75,0.9,1.1; '' for none)")
     load.add_argument("--repeats", type=int, default=3, help="windows per level; medians are reported")
     load.add_argument("--seconds", type=float, default=10.0, help="length of one measured window")
     load.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each window")
@@ -38,7 +52,7 @@ def _common(p: argparse.ArgumentParser, model: str, default_levels: str) -> None
 
 
 def add_bench_commands(sub: Any) -> None:
-    bench = sub.add_parser("bench", help="closed-loop benchmarks of the service (prints ratios, medians)")
+    bench = sub.add_parser("bench", help="closed- and open-loop benchmarks of the service (prints ratios, medians)")
     workloads = bench.add_subparsers(dest="workload", required=True, parser_class=type(bench))
     clf = workloads.add_parser("classify", help="texts/s and latency: service vs bare onnxruntime, fp32 vs int8")
     _common(clf, "sentiment", "1,8,32,128")

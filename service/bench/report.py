@@ -7,7 +7,7 @@ import os
 import platform
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -70,10 +70,26 @@ def points_table(points: Sequence[Point], level_name: str = "concurrency") -> st
     return markdown_table(header, rows)
 
 
-def progress(p: Point) -> None:
+@dataclass(frozen=True)
+class Series:
+    """What one benchmark measured: closed-loop points (by concurrency or batch size) and open-loop points (by
+    offered requests/s)."""
+
+    closed: list[Point]
+    opened: list[Point]
+
+    def __add__(self, other: Series) -> Series:
+        return Series(self.closed + other.closed, self.opened + other.opened)
+
+
+def series_json(series: Series) -> dict[str, list[dict[str, Any]]]:
+    return {"closed_loop": points_json(series.closed), "open_loop": points_json(series.opened)}
+
+
+def progress(p: Point, level_name: str = "N") -> None:
     """One line per measured level on stderr, so a long run shows where it is."""
-    line = (f"  {p.series:>18} {p.kind:>5} N={p.level:<4} {p.throughput:10.1f} texts/s  p50 {p.p50_ms:9.2f} ms  "
-            f"p99 {p.p99_ms:9.2f} ms  errors {p.errors}/{p.requests}")
+    line = (f"  {p.series:>18} {p.kind:>5} {level_name}={p.level:<4} {p.throughput:10.1f} texts/s  "
+            f"p50 {p.p50_ms:9.2f} ms  p99 {p.p99_ms:9.2f} ms  errors {p.errors}/{p.requests}")
     sys.stderr.write(line + (f"  first error: {p.first_error}" if p.first_error else "") + "\n")
 
 
@@ -86,7 +102,8 @@ def points_json(points: Sequence[Point]) -> list[dict[str, Any]]:
 
 
 def plot(points: Sequence[Point], path: Path, *, title: str, latency_kinds: Sequence[str] = ("all",),
-         xlabel: str = "concurrency (clients in a closed loop)") -> None:
+         xlabel: str = "concurrency (clients in a closed loop)", latency_title: str = "latency vs concurrency",
+         log_x: bool = True) -> None:
     """Throughput vs level, then one panel per request kind of p50 (solid) and p99 (dashed) latency vs level;
     one colour per series."""
     import matplotlib
@@ -112,11 +129,12 @@ def plot(points: Sequence[Point], path: Path, *, title: str, latency_kinds: Sequ
     throughput_ax.set_title("throughput")
     throughput_ax.set_ylabel("texts per second")
     for ax, kind in zip(latency_axes, latency_kinds, strict=True):
-        ax.set_title("latency vs offered load" + ("" if kind == "all" else f": {kind} requests"))
+        ax.set_title(latency_title + ("" if kind == "all" else f": {kind} requests"))
         ax.set_ylabel("latency (ms), log scale")
         ax.set_yscale("log")
     for ax in axes:
-        ax.set_xscale("log", base=2)
+        if log_x:
+            ax.set_xscale("log", base=2)
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
@@ -125,3 +143,23 @@ def plot(points: Sequence[Point], path: Path, *, title: str, latency_kinds: Sequ
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_offered_load(points: Sequence[Point], path: Path, *, title: str,
+                      latency_kinds: Sequence[str] = ("all",)) -> None:
+    """Open-loop points: achieved throughput and p50/p99 latency against the offered requests/s."""
+    plot(points, path, title=f"{title}: open loop, Poisson arrivals", latency_kinds=latency_kinds,
+         xlabel="offered load (requests/s)", latency_title="latency vs offered load", log_x=False)
+
+
+def open_loop_section(points: Sequence[Point], a: Any, image: str | None, level_name: str = "offered req/s") -> str:
+    """The open-loop table: each series at fractions of the throughput its closed loop reached."""
+    if not points:
+        return ""
+    fractions = ", ".join(f"{f:g}" for f in a.load_fractions)
+    return "\n".join([
+        "## Latency against offered load (open loop)", "",
+        f"Requests arrive as a Poisson process at {fractions} times the best throughput each series reached in its "
+        "closed loop, whatever the answers do; latency counts from each request's scheduled arrival, so a server "
+        f"that falls behind shows it. {a.repeats} windows of {a.seconds:g} s per rate; medians.", "",
+        points_table(points, level_name), f"![latency vs offered load]({image})" if image else "", ""])

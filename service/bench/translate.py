@@ -13,23 +13,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.bench.core import Call, Point, checked, read_texts, run_closed_loop, summarize
+from service.bench.core import Call, Point, checked, open_loop_points, read_texts, run_closed_loop, summarize
 from service.bench.report import (
+    Series,
     find,
     fmt,
     machine_info,
     machine_section,
     markdown_table,
+    open_loop_section,
     plot,
-    points_json,
+    plot_offered_load,
     progress,
     ratio,
+    series_json,
 )
 from service.errors import UserError
 
 MODES = ("continuous", "static", "none")
 SHORT_WORDS = (3, 8)
 LONG_WORDS = (25, 40)
+KINDS = ("short", "long")
 MULTI30K_ENGLISH = ("test_2016_flickr.en.gz", "val.en.gz")
 
 
@@ -104,22 +108,31 @@ def check_answer(call: Call, body: Any) -> str | None:
 
 
 def service_points(series: str, url: str, short: Sequence[str], long: Sequence[str],
-                   a: argparse.Namespace) -> list[Point]:
+                   a: argparse.Namespace) -> Series:
+    """The closed loop at each concurrency, then the open loop at fractions of the best throughput it reached."""
     endpoint = f"{url.rstrip('/')}/v1/translate"
-    points = []
+
+    def source() -> MixedSource:
+        return MixedSource(short, long, a.model, a.beam_size, a.long_fraction, a.seed)
+
+    closed = []
     for level in a.levels:
-        windows = [run_closed_loop(endpoint, MixedSource(short, long, a.model, a.beam_size, a.long_fraction, a.seed),
-                                   level, a.seconds, warmup=a.warmup, check=check_answer)
+        windows = [run_closed_loop(endpoint, source(), level, a.seconds, warmup=a.warmup, check=check_answer)
                    for _ in range(a.repeats)]
-        points.append(checked(summarize(series, windows)))
-        points += [summarize(series, windows, kind) for kind in ("short", "long")]
-        for p in points[-3:]:
+        closed.append(checked(summarize(series, windows)))
+        closed += [summarize(series, windows, kind) for kind in KINDS]
+        for p in closed[-3:]:
             progress(p)
-    return points
+    capacity = max(p.throughput for p in closed if p.kind == "all")  # requests/s: one text per request
+    opened = open_loop_points(series, endpoint, source(), capacity, a.load_fractions, seconds=a.seconds,
+                              warmup=a.warmup, repeats=a.repeats, check=check_answer, kinds=KINDS)
+    for p in opened:
+        progress(p, "offered")
+    return Series(closed, opened)
 
 
-def measure(a: argparse.Namespace, short: Sequence[str], long: Sequence[str], log_dir: Path) -> list[Point]:
-    points: list[Point] = []
+def measure(a: argparse.Namespace, short: Sequence[str], long: Sequence[str], log_dir: Path) -> Series:
+    points = Series([], [])
     if a.url:
         points += service_points("service at --url", a.url, short, long, a)
     if a.repo:
@@ -154,8 +167,9 @@ def ratio_table(points: Sequence[Point], level: int) -> str:
     return markdown_table([f"continuous / other at concurrency {level}", "ratio"], rows)
 
 
-def report(points: Sequence[Point], a: argparse.Namespace, source: str, counts: tuple[int, int],
+def report(series: Series, a: argparse.Namespace, source: str, counts: tuple[int, int],
            info: dict[str, str]) -> str:
+    points = series.closed
     return "\n".join([
         "# Translation benchmark", "",
         f"Texts: {source}; {counts[0]} short ({SHORT_WORDS[0]}-{SHORT_WORDS[1]} words) and {counts[1]} long "
@@ -167,7 +181,7 @@ def report(points: Sequence[Point], a: argparse.Namespace, source: str, counts: 
         results_table(points), "## Scheduler modes compared", "",
         "Throughput ratios above 1 and latency ratios below 1 favour continuous batching.", "",
         ratio_table(points, a.ratio_level), "![throughput and latency](translate.png)" if a.out else "", "",
-        machine_section(info)])
+        open_loop_section(series.opened, a, "translate-load.png" if a.out else None), machine_section(info)])
 
 
 def run(a: argparse.Namespace) -> None:
@@ -182,13 +196,15 @@ def run(a: argparse.Namespace) -> None:
     info = machine_info()
     log_dir = Path(tempfile.mkdtemp(prefix="seqserve-bench-translate-"))
     sys.stderr.write(f"bench translate: {len(short)} short and {len(long)} long texts; service logs in {log_dir}\n")
-    points = measure(a, short, long, log_dir)
-    text = report(points, a, source, (len(short), len(long)), info)
+    series = measure(a, short, long, log_dir)
+    text = report(series, a, source, (len(short), len(long)), info)
     sys.stdout.write(text)
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "translate.md").write_text(text, encoding="utf-8")
-        (a.out / "translate.json").write_text(json.dumps(points_json(points), indent=1) + "\n", encoding="utf-8")
-        plot(points, a.out / "translate.png", title=f"translation ({a.model}), beam {a.beam_size}",
-             latency_kinds=("short", "long"))
-        sys.stderr.write(f"bench translate: wrote {a.out}/translate.md, translate.json, translate.png\n")
+        (a.out / "translate.json").write_text(json.dumps(series_json(series), indent=1) + "\n", encoding="utf-8")
+        title = f"translation ({a.model}), beam {a.beam_size}"
+        plot(series.closed, a.out / "translate.png", title=title, latency_kinds=KINDS)
+        if series.opened:
+            plot_offered_load(series.opened, a.out / "translate-load.png", title=title, latency_kinds=KINDS)
+        sys.stderr.write(f"bench translate: wrote {a.out}/translate.md, translate.json and the PNG plots\n")

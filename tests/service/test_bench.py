@@ -19,8 +19,10 @@ from service.bench.core import (
     batches,
     checked,
     function_loop,
+    open_loop,
     percentile,
     run_closed_loop,
+    run_open_loop,
     summarize,
 )
 from service.bench.report import markdown_table, points_table, ratio
@@ -144,6 +146,36 @@ def test_closed_loop_against_a_real_server_counts_answers(make_server):
     assert unknown.first_error is not None and unknown.first_error.startswith("HTTP 404")
 
 
+def test_open_loop_keeps_its_arrival_rate_and_times_from_the_scheduled_start(make_server):
+    url = make_server().url
+    texts = ["the film is superb", "a dull movie", "one two three"]
+    w = run_open_loop(f"{url}/v1/classify", classify_source(texts, "reviews"), 40.0, 1.5, warmup=0.2,
+                      check=check_classify)
+    stats = w.kinds["all"]
+    assert w.level == 40 and stats.errors == 0 and w.first_error is None
+    assert 20 <= stats.requests <= 110  # Poisson arrivals: 60 expected in 1.5 s (6 standard deviations: 15..105)
+    assert stats.texts == stats.requests and min(stats.latencies) > 0 and w.seconds >= 1.5
+
+
+def test_open_loop_counts_requests_beyond_its_in_flight_bound_as_refused():
+    """Against a server that never answers, arrivals go on at their rate and the excess is refused, not queued."""
+    import asyncio
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)  # accepts connections (the kernel does), never answers
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/classify"
+    try:
+        w = asyncio.run(open_loop(url, classify_source(["x"], "m"), 200.0, 0.5, warmup=0.0, timeout=1.0,
+                                  max_in_flight=5))
+    finally:
+        listener.close()
+    stats = w.kinds["all"]
+    assert stats.requests > 50 and stats.texts == 0 and stats.errors == stats.requests
+    assert w.first_error is not None
+
+
 def test_variants_pair_the_latest_fp32_version_with_its_int8_version(tmp_path):
     def version(number: int, from_version: int | None = None) -> None:
         folder = tmp_path / "m" / str(number)
@@ -179,16 +211,22 @@ def test_bench_classify_writes_a_report_for_fp32_and_int8(repo, tmp_path, capsys
     out = tmp_path / "out"
     code = main(["bench", "classify", "--repo", str(repo), "--model", "reviews", "--levels", "1,2",
                  "--repeats", "1", "--seconds", "0.3", "--warmup", "0.1", "--texts-file", str(texts),
-                 "--out", str(out)])
+                 "--load-fractions", "0.5,1.1", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
-    points = json.loads((out / "classify.json").read_text())
+    figures = json.loads((out / "classify.json").read_text())
+    points, opened = figures["closed_loop"], figures["open_loop"]
     assert {(p["series"], p["level"]) for p in points} == {
         (f"{where} {variant}", level) for where in ("service", "bare") for variant in ("fp32", "int8")
         for level in (1, 2)}
-    assert all(p["requests"] > 0 and p["errors"] == 0 for p in points)
+    assert all(p["requests"] > 0 and p["errors"] == 0 for p in points + opened)
+    for variant in ("fp32", "int8"):  # open loop at half and 1.1x the closed loop's best throughput
+        best = max(p["throughput"] for p in points if p["series"] == f"service {variant}")
+        offered = [p["level"] for p in opened if p["series"] == f"service {variant}"]
+        assert offered == [round(0.5 * best), round(1.1 * best)]
     report = (out / "classify.md").read_text()
     assert "| 2 | " in report.split("## Ratios")[1] and "## Machine" in report
-    assert (out / "classify.png").stat().st_size > 0
+    assert "## Latency against offered load" in report
+    assert (out / "classify.png").stat().st_size > 0 and (out / "classify-load.png").stat().st_size > 0
     assert sorted(p.name for p in (repo / "reviews").iterdir()) == ["1"]  # the repository is left as it was
 
 
@@ -199,11 +237,15 @@ def test_bench_translate_starts_a_service_per_mode_and_reports_short_and_long(re
     out = tmp_path / "out"
     code = main(["bench", "translate", "--repo", str(repo), "--model", "numbers", "--modes", "static",
                  "--levels", "2", "--repeats", "1", "--seconds", "0.5", "--warmup", "0.1", "--beam-size", "1",
-                 "--long-fraction", "0.5", "--texts-file", str(texts), "--out", str(out)])
+                 "--long-fraction", "0.5", "--texts-file", str(texts), "--load-fractions", "0.5", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
-    points = json.loads((out / "translate.json").read_text())
+    figures = json.loads((out / "translate.json").read_text())
+    points, opened = figures["closed_loop"], figures["open_loop"]
     assert [(p["series"], p["kind"], p["level"]) for p in points] == [
         ("static", "all", 2), ("static", "short", 2), ("static", "long", 2)]
     assert points[0]["requests"] == points[1]["requests"] + points[2]["requests"] and points[0]["errors"] == 0
+    assert [(p["series"], p["kind"]) for p in opened] == [("static", "all"), ("static", "short"), ("static", "long")]
+    assert opened[0]["level"] == round(0.5 * points[0]["throughput"]) and opened[0]["errors"] == 0
+    assert (out / "translate-load.png").stat().st_size > 0
     assert "| static | 2 |" in (out / "translate.md").read_text()
     assert main(["bench", "translate", "--repo", str(repo), "--model", "numbers", "--modes", "fast"]) == 2
