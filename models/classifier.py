@@ -66,14 +66,15 @@ class RNNClassifier(nn.Module):
         self.embedded = self.embedding(ids)  # (B, T, E)
         x = self.dropout(self.embedded if perturb is None else self.embedded + perturb)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, h_n = self.rnn(packed)
-        if isinstance(h_n, tuple):  # LSTM returns (h_n, c_n)
-            h_n = h_n[0]
+        out, _ = self.rnn(packed)
+        h, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.size(1))  # (B, T, dirs*H)
         if self.cfg.pooling == "last":
-            dirs = 2 if self.cfg.bidirectional else 1
-            pooled = h_n[-dirs:].transpose(0, 1).reshape(ids.size(0), -1)  # (B, dirs*H)
+            # The last layer's final states, read from its outputs rather than h_n: the exporter cannot
+            # slice h_n of a one-layer packed RNN. Forward ends at each text's last step, backward at step 0.
+            H = self.cfg.hidden
+            h_t = h[torch.arange(ids.size(0), device=ids.device), lengths - 1, :H]  # (B, H)
+            pooled = torch.cat([h_t, h[:, 0, H:]], dim=-1) if self.cfg.bidirectional else h_t  # (B, dirs*H)
         else:
-            h, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.size(1))  # (B, T, dirs*H)
             mask = (torch.arange(ids.size(1), device=ids.device)[None, :] < lengths[:, None])[..., None]
             if self.cfg.pooling == "max":
                 pooled = h.masked_fill(~mask, float("-inf")).amax(dim=1)  # (B, dirs*H)

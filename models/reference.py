@@ -1,4 +1,4 @@
-"""Numpy-only reference forward of Elman RNN, LSTM and GRU in PyTorch's weight layout."""
+"""Numpy-only reference forward of Elman RNN, LSTM and GRU in PyTorch's weight layout, and of the classifier."""
 
 from __future__ import annotations
 
@@ -151,6 +151,43 @@ def run_rnn(
                 c_n.append(c_last)
         layer_in = np.concatenate(outputs, axis=-1)  # (B, T, dirs * H)
     return layer_in, np.stack(h_n), np.stack(c_n) if cell == "lstm" else None
+
+
+def pool(
+    out: np.ndarray, h_n: np.ndarray, lengths: np.ndarray, pooling: str, bidirectional: bool
+) -> np.ndarray:
+    """Pool per-step outputs (B, T, D) over each text's real steps, or take the top layer's final states."""
+    lengths = np.asarray(lengths)
+    if pooling == "last":
+        dirs = 2 if bidirectional else 1
+        return h_n[-dirs:].transpose(1, 0, 2).reshape(out.shape[0], -1)  # (dirs, B, H) -> (B, dirs * H)
+    valid = (np.arange(out.shape[1])[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
+    if pooling == "max":
+        return np.where(valid, out, -np.inf).max(axis=1)  # (B, D)
+    if pooling == "mean":
+        return np.where(valid, out, 0.0).sum(axis=1) / lengths[:, None]  # (B, D)
+    raise ValueError(f"unknown pooling {pooling!r}; expected one of last, max, mean")
+
+
+def classifier_forward(
+    params: dict[str, np.ndarray],
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    cell: str,
+    num_layers: int,
+    bidirectional: bool,
+    pooling: str,
+) -> np.ndarray:
+    """Numpy twin of models.classifier.RNNClassifier in eval mode: embed -> recurrent layers -> pool -> linear.
+
+    `params` is the classifier's state_dict as numpy arrays (keys `embedding.weight`, `rnn.*`, `out.*`);
+    ids (B, T) are padded after each text's length; returns logits (B, C).
+    """
+    x_t = params["embedding.weight"][ids]  # (B, T, E)
+    rnn = {name.removeprefix("rnn."): w for name, w in params.items() if name.startswith("rnn.")}
+    out, h_n, _ = run_rnn(cell, rnn, x_t, lengths, num_layers, bidirectional)  # (B, T, dirs * H)
+    pooled = pool(out, h_n, lengths, pooling, bidirectional)  # (B, dirs * H)
+    return _affine(pooled, params["out.weight"], params["out.bias"])  # (B, C)
 
 
 def elman_worked_example(inputs: ArrayLike) -> np.ndarray:

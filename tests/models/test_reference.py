@@ -1,20 +1,28 @@
-"""Tests for the numpy reference RNN/LSTM/GRU against golden examples and torch."""
+"""Tests for the numpy reference RNN/LSTM/GRU against golden examples and torch, and of the numpy classifier
+forward as the oracle for both the torch classifier and its ONNX export run by onnxruntime."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.classifier import ClassifierConfig, RNNClassifier
 from models.reference import (
+    classifier_forward,
     elman_worked_example,
     identity,
     memory_cell_worked_example,
     rnn_cell,
     run_rnn,
 )
+from service.text import pad_batch
+from training.export import export_classifier
 
 TORCH_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 INPUT_SIZE, HIDDEN_SIZE = 3, 4
@@ -130,3 +138,33 @@ def test_linear_rnn_gradient_through_1000_steps_is_w_pow_1000(w: float, expected
         h_np = rnn_cell(np.zeros((1, 1)), h_np, w_ih.numpy(), w_hh.numpy(), activation=identity)
     assert h_np.item() == pytest.approx(expected, rel=1e-3)
     assert h_np.item() == pytest.approx(h_t.item(), rel=1e-12)
+
+
+VOCAB = 40
+TEXTS = [[5, 9, 13, 2, 7], [7, 8], [4, 11, 12, 30, 31, 32, 39], [3]]  # ids of texts of different lengths
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean", "last"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_classifier_forward_is_the_oracle_for_torch_and_onnxruntime(
+    cell: str, num_layers: int, bidirectional: bool, pooling: str, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(vocab_size=VOCAB, num_classes=3, cell=cell, emb_dim=5, hidden=4, layers=num_layers,
+                           bidirectional=bidirectional, pooling=pooling, dropout=0.0)
+    model = RNNClassifier(cfg).eval()
+    ids, lengths = pad_batch(TEXTS)  # (B, T) int64, padded with 0 after each text
+    ids = np.pad(ids, ((0, 0), (0, 2)))  # two steps of padding past the longest text too
+
+    expected = classifier_forward(_numpy_params(model), ids, lengths, cell, num_layers, bidirectional, pooling)
+    assert expected.shape == (len(TEXTS), 3)
+    with torch.no_grad():
+        from_torch = model(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()
+    np.testing.assert_allclose(from_torch, expected, rtol=1e-4, atol=1e-5)
+
+    export_classifier(model, tmp_path / "model.onnx", TEXTS)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    (from_onnx,) = session.run(["logits"], {"ids": ids, "lengths": lengths})
+    np.testing.assert_allclose(from_onnx, expected, rtol=1e-4, atol=1e-5)
