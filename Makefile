@@ -47,8 +47,7 @@ test-container: setup
 serve: $(VENV)/.stamp-serve
 	$(BIN)/seqserve serve --model-repository model_repository --host $(HOST) --port $(PORT)
 
-# Reproduces the bundled demo models (about 10 minutes for sentiment on 2 CPU cores).
-# Reproduces the bundled demo models from scratch (on 2 CPU cores: minutes for sentiment, hours for en-de).
+# Reproduces the bundled demo models from scratch (on 2 CPU cores: about 8 minutes for sentiment, hours for en-de).
 # Single-threaded torch: small recurrent models run faster on one thread than on two busy ones.
 demo-models: demo-sentiment demo-en-de
 
@@ -92,8 +91,9 @@ loadtest: setup
 loadtest-texts: setup
 	$(BIN)/python -m loadtest.workload loadtest/texts
 
-# Benchmarks of the demo models, one service at a time (about 20 minutes on 2 cores); writes
-# docs/benchmarks/{classify,translate}.{md,json,png}. An int8 series needs `seqserve quantize` first.
+# Benchmarks of the demo models, one service at a time (about 30 minutes on 2 cores); writes
+# docs/benchmarks/{classify,translate}.{md,json,png} and the open-loop {classify,translate}-load.png. The int8
+# classifier series is quantized on the fly when the repository has no int8 version.
 bench: setup
 	$(BIN)/seqserve bench classify --repo model_repository --model sentiment --out docs/benchmarks $(BENCH_FLAGS)
 	$(BIN)/seqserve bench translate --repo model_repository --model en-de --out docs/benchmarks $(BENCH_FLAGS)
