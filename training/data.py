@@ -11,13 +11,17 @@ import gzip
 import io
 import json
 import random
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from service.errors import UserError
+
+if TYPE_CHECKING:
+    from _csv import Reader
 
 
 class DataError(UserError):
@@ -77,9 +81,27 @@ def read_records(path: str | Path, fields: Sequence[str]) -> list[tuple[list[str
         return _jsonl_records(path, text, fields)
     if fmt == "txt":
         raise DataError(f"{path}: plain text has no fields; use .csv, .tsv or .jsonl")
+    _allow_long_fields()
     reader = csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
-    by_index = all(f.isdigit() for f in fields)
-    if by_index:
+    try:
+        return _table_records(path, reader, fields)
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: malformed {fmt.upper()} ({exc})") from None
+
+
+def _allow_long_fields() -> None:
+    """Lift csv's 128 KiB field limit to the largest the platform's C long holds: long texts are fine."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:
+            limit //= 2
+
+
+def _table_records(path: Path, reader: Reader, fields: Sequence[str]) -> list[tuple[list[str], int]]:
+    if all(f.isdigit() for f in fields):
         columns = [int(f) for f in fields]
     else:
         header = next(reader, None)
@@ -114,8 +136,21 @@ def _jsonl_records(path: Path, text: str, fields: Sequence[str]) -> list[tuple[l
         missing = [f for f in fields if f not in obj]
         if missing:
             raise DataError(f"{path}:{number}: no field {', '.join(map(repr, missing))}")
-        rows.append(([str(obj[f]) for f in fields], number))
+        rows.append(([_json_field(obj[f], f, f"{path}:{number}") for f in fields], number))
     return rows
+
+
+JSON_TYPES = {type(None): "null", list: "a list", dict: "an object"}
+
+
+def _json_field(value: object, name: str, where: str) -> str:
+    """A JSONL field as text: strings as they are, numbers (and booleans) spelled out; anything else is an error."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    raise DataError(f"{where}: field {name!r} is {JSON_TYPES.get(type(value), type(value).__name__)}; "
+                    "expected a string or a number")
 
 
 def read_labelled(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Example]:

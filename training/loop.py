@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,11 +26,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from service.errors import UserError
+from service.text import SPECIAL_TOKENS
 
 log = logging.getLogger("seqserve.train")
 
 Batch = dict[str, Tensor]
 LOG_EVERY_S = 30.0
+CHECKPOINT = "last.pt"  # model, optimizer and history after the latest epoch, for --resume
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256  # train_tokenizer's floor: the special tokens and the 256 bytes
 
 
 @dataclass
@@ -46,11 +49,42 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no limit; a small number makes a dry run
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr <= 0 or self.clip <= 0:
-            raise UserError("--lr and --clip must be positive")
+        check_at_least(1, epochs=self.epochs, batch_size=self.batch_size, patience=self.patience)
+        check_at_least(0, weight_decay=self.weight_decay, seed=self.seed)
+        check_above(0, lr=self.lr, clip=self.clip)
+
+
+def _flag(name: str) -> str:
+    """An option as the CLI spells it: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
+def check_at_least(minimum: float, **values: float) -> None:
+    """UserError naming the first option below `minimum`; jobs and configs validate with these at construction."""
+    for name, value in values.items():
+        if not value >= minimum:  # NaN fails too
+            raise UserError(f"{_flag(name)} must be at least {minimum}, got {value}")
+
+
+def check_above(minimum: float, **values: float) -> None:
+    for name, value in values.items():
+        if not value > minimum:
+            raise UserError(f"{_flag(name)} must be above {minimum}, got {value}")
+
+
+def check_fraction(**values: float) -> None:
+    """Each value in [0, 1): dropout, label smoothing, split fractions."""
+    for name, value in values.items():
+        if not 0.0 <= value < 1.0:
+            raise UserError(f"{_flag(name)} must be at least 0 and below 1, got {value}")
+
+
+def check_split(valid_fraction: float, test_fraction: float) -> None:
+    """Split fractions each in [0, 1) that leave some data to train on."""
+    check_fraction(valid_fraction=valid_fraction, test_fraction=test_fraction)
+    if valid_fraction + test_fraction >= 1:
+        raise UserError(f"--valid-fraction and --test-fraction add up to {valid_fraction + test_fraction:g}; "
+                        "they must stay below 1 to leave data to train on")
 
 
 class Task(Protocol):
@@ -89,6 +123,14 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def all_sum(self, values: Sequence[float], device: torch.device) -> list[float]:
+        """Element-wise sums over every process; the values themselves in a single process."""
+        if self.world == 1:
+            return list(values)
+        total = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        return [float(v) for v in total.tolist()]
+
 
 def init_distributed(device: str) -> Dist:
     """Join the torchrun process group when WORLD_SIZE > 1; one thread per process on CPU."""
@@ -114,8 +156,35 @@ def resolve_device(name: str, rank: int = 0) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy takes 32 bits; epoch seeds are seed * 1000 + ...
     torch.manual_seed(seed)
+
+
+def prepare_work_dir(work_dir: Path, resume: bool) -> None:
+    """Create the work dir up front; to resume, it must hold the checkpoint of an earlier run."""
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--work-dir {work_dir}: cannot create the folder ({exc.strerror or exc})") from None
+    if resume:
+        _require_checkpoint(work_dir)
+
+
+def _require_checkpoint(work_dir: Path) -> None:
+    if not (work_dir / CHECKPOINT).is_file():
+        raise UserError(f"--resume: nothing to resume in {work_dir} (no {CHECKPOINT} from an earlier run)")
+
+
+def check_same_model(work_dir: Path, model: dict[str, Any]) -> None:
+    """Refuse to resume a run whose model.json describes another architecture (dropout may change)."""
+    path = work_dir / "model.json"
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text(encoding="utf-8")).get("model", {})
+    changed = [k for k, v in model.items() if k != "dropout" and k in before and before[k] != v]
+    if changed:
+        what = ", ".join(f"{k} {model[k]} (was {before[k]})" for k in changed)
+        raise UserError(f"--resume: the model options differ from the run being resumed in {work_dir}: {what}")
 
 
 def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dist,
@@ -128,14 +197,12 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dis
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history, start_epoch = History(), 0
-    state_path = work_dir / "last.pt"
-    if resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = History(**state["history"])
+    state_path = work_dir / CHECKPOINT
+    if resume:
+        history = _resume(model, optimizer, state_path, device)
         start_epoch = len(history.epochs)
-        log.info("resumed from %s at epoch %d", state_path, start_epoch + 1)
+        if env.main:
+            log.info("resumed from %s at epoch %d", state_path, start_epoch + 1)
     stale = sum(1 for e in history.epochs[history.best_epoch + 1:]) if history.best_epoch >= 0 else 0
     steps = 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -154,9 +221,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dis
             history.best_score, history.best_epoch, stale = valid["score"], epoch, 0
         else:
             stale += 1
-        log.info("epoch %d %s%s", epoch + 1, json.dumps({k: round(v, 4) for k, v in record.items()}),
-                 " (best)" if improved else "")
         if env.main:
+            log.info("epoch %d %s%s", epoch + 1, json.dumps({k: round(v, 4) for k, v in record.items()}),
+                     " (best)" if improved else "")
             if improved:
                 save_model(model, str(work_dir / "best.safetensors"))  # handles tied weights
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -167,6 +234,21 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dis
             break
     load_model(model, str(work_dir / "best.safetensors"), device=str(device))
     return history
+
+
+def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, state_path: Path,
+            device: torch.device) -> History:
+    """Load the checkpoint into `model` and `optimizer`; a model of other sizes is the user's mistake."""
+    _require_checkpoint(state_path.parent)
+    state = torch.load(state_path, map_location=device, weights_only=False)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:  # torch lists every mismatched tensor; the first says enough
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise UserError(f"--resume: the model options differ from the run being resumed in {state_path.parent} "
+                        f"({detail})") from None
+    optimizer.load_state_dict(state["optimizer"])
+    return History(**state["history"])
 
 
 def _train_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
@@ -197,9 +279,11 @@ def _train_epoch(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer,
         if cfg.max_steps and steps_before + steps >= cfg.max_steps:
             break
     elapsed = time.perf_counter() - start
-    return {"train_loss": total_loss / max(total_units, 1), "grad_norm": float(np.mean(norms)) if norms else 0.0,
+    # Every rank trained on its own shard: the epoch's loss is the mean over all of them.
+    total_loss, all_units = env.all_sum([total_loss, float(total_units)], next(model.parameters()).device)
+    return {"train_loss": total_loss / max(all_units, 1), "grad_norm": float(np.mean(norms)) if norms else 0.0,
             "grad_norm_max": float(np.max(norms)) if norms else 0.0,
-            f"{task.unit}_per_s": total_units * env.world / elapsed, "steps": steps}
+            f"{task.unit}_per_s": all_units / elapsed, "steps": steps}
 
 
 def plot_history(history: History, path: Path) -> None:

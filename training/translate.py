@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +14,33 @@ from torch import Tensor, nn
 
 from models.seq2seq import Seq2Seq, Seq2SeqConfig, greedy_decode
 from service.decoding import max_output_length
+from service.errors import UserError
 from service.text import BOS_ID, EOS_ID, PAD_ID, TextEncoder
 from training.batching import bucket_batches, to_tensors
 from training.data import DataError, Pair, filter_pairs, random_split, read_parallel_files, read_parallel_table
 from training.evaluate import evaluate_version
 from training.export import export_run
-from training.loop import Batch, TrainConfig, fit, init_distributed, seed_everything
+from training.loop import (
+    MIN_VOCAB_SIZE,
+    Batch,
+    TrainConfig,
+    check_at_least,
+    check_fraction,
+    check_same_model,
+    check_split,
+    fit,
+    init_distributed,
+    prepare_work_dir,
+    seed_everything,
+)
 from training.recipes import multi30k
 from training.repo_writer import VersionWriter, data_provenance, save_run_spec
 from training.tokenizer import train_tokenizer
 
 log = logging.getLogger("seqserve.train")
 Encoded = tuple[list[int], list[int]]  # (source ids + EOS, target ids + EOS)
+SIZE_OPTIONS = {"emb_dim": "emb_dim", "enc_hidden": "hidden", "enc_layers": "layers", "dec_hidden": "dec_hidden",
+                "dec_layers": "dec_layers"}  # Seq2SeqConfig field -> CLI option
 
 
 @dataclass
@@ -41,6 +56,10 @@ class ParallelData:
     seed: int = 0
     max_words: int = 80
     max_ratio: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_split(self.valid_fraction, self.test_fraction)
+        check_at_least(1, max_words=self.max_words, max_ratio=self.max_ratio)
 
     def languages(self) -> tuple[str, str]:
         parts = self.pair.split("-")
@@ -81,6 +100,27 @@ class TranslatorJob:
     version: int | None = None
     work_dir: Path | None = None
     resume: bool = False
+
+    def __post_init__(self) -> None:
+        check_at_least(MIN_VOCAB_SIZE, vocab_size=self.vocab_size)
+        check_at_least(1, max_length=self.max_length,
+                       **{option: self.model[key] for key, option in SIZE_OPTIONS.items() if key in self.model})
+        check_fraction(label_smoothing=self.label_smoothing, **{k: v for k, v in self.model.items() if k == "dropout"})
+        if not 0.0 <= self.teacher_forcing <= 1.0:
+            raise UserError(f"--teacher-forcing is a probability (0 to 1), got {self.teacher_forcing}")
+        self._check_model_options()
+
+    def _check_model_options(self) -> None:
+        """The combinations Seq2SeqConfig rejects, said in the CLI's terms before any data is read."""
+        cfg = {f.name: f.default for f in fields(Seq2SeqConfig)} | self.model
+        if cfg["tie_embeddings"] and cfg["emb_dim"] != cfg["dec_hidden"]:
+            raise UserError(f"--tie-embeddings needs --emb-dim equal to --dec-hidden, got {cfg['emb_dim']} "
+                            f"and {cfg['dec_hidden']}")
+        if cfg["attention"] == "dot" and cfg["dec_hidden"] != 2 * cfg["enc_hidden"]:
+            raise UserError(f"--attention dot needs --dec-hidden twice --hidden (the encoder is bidirectional), got "
+                            f"{cfg['dec_hidden']} and {cfg['enc_hidden']}")
+        if cfg["share_embeddings"] and not self.shared_vocab:
+            raise UserError("--share-embeddings needs the shared vocabulary; drop --separate-vocab")
 
 
 class TranslatorTask:
@@ -150,9 +190,9 @@ def _tokenizers(job: TranslatorJob, train: list[Pair], work_dir: Path) -> tuple[
 def train_translator(job: TranslatorJob) -> Path | None:
     """Train, export, evaluate with beam search; returns the new version folder (on the main process)."""
     env = init_distributed(job.train.device)
-    train, valid, test = job.data.load()
     work_dir = job.work_dir or Path("runs") / job.out.name
-    work_dir.mkdir(parents=True, exist_ok=True)
+    prepare_work_dir(work_dir, job.resume)
+    train, valid, test = job.data.load()
     if env.main:
         _tokenizers(job, train, work_dir)
     env.barrier()
@@ -169,10 +209,13 @@ def train_translator(job: TranslatorJob) -> Path | None:
     model = Seq2Seq.from_config(cfg)
     device = torch.device("cuda" if job.train.device.startswith("cuda") else "cpu")
     task = TranslatorTask(encode(train), encode(valid), target, job, device)
-    log.info("training %s translator (%s attention) on %d pairs (%d valid, %d test), vocab %d/%d, %.1fM parameters",
-             cfg.cell, cfg.attention, len(train), len(valid), len(test), source.vocab_size, target.vocab_size,
-             sum(p.numel() for p in model.parameters()) / 1e6)
+    if job.resume:
+        check_same_model(work_dir, cfg.to_dict())
+        env.barrier()  # every process has read model.json before the main one rewrites it
     if env.main:
+        log.info("training %s translator (%s attention) on %d pairs (%d valid, %d test), vocab %d/%d, "
+                 "%.1fM parameters", cfg.cell, cfg.attention, len(train), len(valid), len(test), source.vocab_size,
+                 target.vocab_size, sum(p.numel() for p in model.parameters()) / 1e6)
         save_run_spec(work_dir, kind="translator", model=cfg.to_dict(), max_length=job.max_length, source_eos=True,
                       provenance=data_provenance(job.data.source, job.data, len(train), len(valid), len(test)))
     history = fit(model, task, job.train, work_dir, env, resume=job.resume)

@@ -81,3 +81,40 @@ def test_parallel_readers(tmp_path):
     (tmp_path / "e.tsv").write_text("\t\n", encoding="utf-8")
     with pytest.raises(DataError, match="no sentence pairs"):
         read_parallel_table(tmp_path / "e.tsv")
+
+
+def test_fields_longer_than_the_csv_default_limit_are_read(tmp_path):
+    long_text = "word " * 40_000  # 200,000 characters; csv's default limit is 131,072
+    path = tmp_path / "long.csv"
+    path.write_text(f'text,label\n"{long_text}",pos\nshort,neg\n', encoding="utf-8")
+    assert [len(e.text) for e in read_labelled(path)] == [len(long_text), 5]
+
+
+def test_malformed_csv_is_a_data_error_with_the_line(tmp_path):
+    path = tmp_path / "cr.csv"
+    path.write_text("text,label\na,x\nb\rc,y\n", encoding="utf-8")  # a bare carriage return inside a field
+    with pytest.raises(DataError, match=r"cr.csv:3: malformed CSV"):
+        read_labelled(path)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"text": "a", "label": None}, "field 'label' is null"),
+        ({"text": "a", "label": ["x"]}, "field 'label' is a list"),
+        ({"text": "a", "label": {"x": 1}}, "field 'label' is an object"),
+        ({"text": None, "label": "x"}, "field 'text' is null"),
+    ],
+)
+def test_jsonl_values_that_are_not_strings_or_numbers(tmp_path, record, message):
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps({"text": "b", "label": 1}) + "\n" + json.dumps(record) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"x.jsonl:2: {message}; expected a string or a number"):
+        read_labelled(path)
+
+
+def test_empty_label_cells_name_the_line(tmp_path):
+    path = tmp_path / "e.csv"
+    path.write_text("text,label\na,x\nb, \nc,y\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"e.csv:3: empty label"):
+        read_labelled(path)

@@ -89,11 +89,15 @@ def test_resume_continues_from_the_last_epoch(trained, reviews_csv, tmp_path):
 
 def test_torchrun_two_processes_reach_the_same_quality(tmp_path, reviews_csv):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([str(BIN / "torchrun"), "--nproc_per_node=2", "--master_port=29517", str(BIN / "seqserve"),
-                    "train", "classifier", "--data", reviews_csv, "--out", tmp_path / "ddp", "--work-dir",
-                    tmp_path / "run", *TINY], check=True, capture_output=True, env=env, timeout=300)
+    result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node=2", "--master_port=29517",
+                             str(BIN / "seqserve"), "train", "classifier", "--data", reviews_csv, "--out",
+                             tmp_path / "ddp", "--work-dir", tmp_path / "run", *TINY],
+                            check=True, capture_output=True, text=True, env=env, timeout=300)
     accuracy = json.loads((tmp_path / "ddp" / "1" / "metrics.json").read_text())["test"]["accuracy"]
     assert accuracy >= 0.9
+    history = read_config(tmp_path / "ddp" / "1")["training"]["history"]
+    logged = [line for line in result.stderr.splitlines() if "seqserve.train: epoch " in line]
+    assert len(logged) == len(history)  # progress lines come from rank 0 only
 
 
 @pytest.mark.parametrize(
@@ -106,6 +110,7 @@ def test_torchrun_two_processes_reach_the_same_quality(tmp_path, reviews_csv):
         (["--data", "{single}"], "only one class"),
         (["--data", "{bytes}"], "bad.csv:3: bytes that are not UTF-8"),
         (["--data", "{csv}", "--epochs", "0"], "--epochs must be at least 1"),
+        (["--data", "{csv}", "--vocab-size", "10"], "--vocab-size must be at least 260"),
         (["--data", "{csv}", "--cell", "transformer"], "invalid choice"),
     ],
 )
