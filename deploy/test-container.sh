@@ -200,13 +200,13 @@ compose_up() {
     "${PODMAN[@]}" image exists localhost/prometheus-debian:bookworm || "${PODMAN[@]}" build --pull=never \
         --network host --format docker --build-arg BASE_IMAGE="$BASE_IMAGE" \
         -t localhost/prometheus-debian:bookworm -f deploy/podman/Containerfile.prometheus deploy/podman
-    local compose=(podman-compose --podman-args="--runtime runc --storage-driver vfs --cgroup-manager cgroupfs"
-                   -p seqserve-test -f docker-compose.yml -f deploy/podman/compose.override.yml)
+    COMPOSE_CMD=(podman-compose --podman-args="--runtime runc --storage-driver vfs --cgroup-manager cgroupfs"
+                 -p seqserve-test -f docker-compose.yml -f deploy/podman/compose.override.yml)
     export SEQSERVE_TEST_IMAGE=$IMAGE SEQSERVE_TEST_MODELS=$models
     # A network left from a run before the dnsname plugin was installed would resolve no service names.
     "${PODMAN[@]}" network rm seqserve-test_default >/dev/null 2>&1 || true
-    trap '"${compose[@]}" down -t 5 >/dev/null 2>&1 || true' EXIT
-    "${compose[@]}" up -d seqserve prometheus
+    trap compose_down EXIT
+    "${COMPOSE_CMD[@]}" up -d seqserve prometheus
     if ! wait_ready "$url"; then
         "${PODMAN[@]}" logs seqserve-test_seqserve_1 2>&1 | tail -20
         fail "seqserve under podman-compose never became ready"
@@ -230,8 +230,15 @@ compose_up() {
     curl -fsS "$prometheus/api/v1/rules" | grep -q SeqserveHighErrorRate \
         || fail "Prometheus under podman-compose did not load alerts.yml"
     echo "prometheus: alert rules loaded"
-    "${compose[@]}" down -t 10
+    compose_down
     trap - EXIT
+}
+
+compose_down() {
+    # The containers, then the volume and network compose made: a run leaves nothing behind.
+    "${COMPOSE_CMD[@]}" down -v -t 10 >/dev/null 2>&1 || true
+    "${PODMAN[@]}" volume rm -f seqserve-test_prometheus-data >/dev/null 2>&1 || true
+    "${PODMAN[@]}" network rm seqserve-test_default >/dev/null 2>&1 || true
 }
 
 install_tools
