@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +111,13 @@ class TranslatorJob:
         self._check_model_options()
 
     def _check_model_options(self) -> None:
-        """The combinations Seq2SeqConfig rejects, said in the CLI's terms before any data is read."""
-        cfg = {f.name: f.default for f in fields(Seq2SeqConfig)} | self.model
-        if cfg["tie_embeddings"] and cfg["emb_dim"] != cfg["dec_hidden"]:
-            raise UserError(f"--tie-embeddings needs --emb-dim equal to --dec-hidden, got {cfg['emb_dim']} "
-                            f"and {cfg['dec_hidden']}")
-        if cfg["attention"] == "dot" and cfg["dec_hidden"] != 2 * cfg["enc_hidden"]:
-            raise UserError(f"--attention dot needs --dec-hidden twice --hidden (the encoder is bidirectional), got "
-                            f"{cfg['dec_hidden']} and {cfg['enc_hidden']}")
-        if cfg["share_embeddings"] and not self.shared_vocab:
+        """Seq2SeqConfig's own rules, before any data is read (the vocabulary size stands in for the tokenizers'),
+        plus the one it cannot see: shared embeddings need the shared vocabulary."""
+        try:
+            Seq2SeqConfig(src_vocab=self.vocab_size, tgt_vocab=self.vocab_size, **self.model)
+        except ValueError as exc:
+            raise UserError(f"model options: {exc}") from None
+        if self.model.get("share_embeddings") and not self.shared_vocab:
             raise UserError("--share-embeddings needs the shared vocabulary; drop --separate-vocab")
 
 

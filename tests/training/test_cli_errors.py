@@ -73,7 +73,9 @@ def test_long_fields_are_read_and_bad_values_name_file_line_and_field(cli, tmp_p
         ("translator", ["--vocab-size", "100"], "--vocab-size must be at least 260, got 100"),
         ("translator", ["--label-smoothing", "1.5"], "--label-smoothing must be at least 0 and below 1"),
         ("translator", ["--tie-embeddings", "--emb-dim", "32", "--dec-hidden", "64"],
-         "--tie-embeddings needs --emb-dim equal to --dec-hidden, got 32 and 64"),
+         "model options: tie_embeddings needs emb_dim == dec_hidden, got 32 and 64"),
+        ("translator", ["--attention", "dot", "--hidden", "32", "--dec-hidden", "48"],
+         "model options: dot attention needs dec_hidden == 2 * enc_hidden, got 48 and 32"),
         ("translator", ["--share-embeddings", "--separate-vocab"], "drop --separate-vocab"),
     ],
 )
