@@ -20,6 +20,7 @@ from service import routes_demo, routes_v1, routes_v2
 from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
 from service.deps import Forbidden, Unauthorized, key_matches
 from service.errors import UserError
+from service.hotpath import ServiceApp
 from service.inference import ClientGone, InvalidInput, TooLarge
 from service.manager import ModelManager, ModelNotFound, ModelNotReady
 from service.metrics import Metrics
@@ -120,7 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.started = False
         await manager.close()
 
-    app = FastAPI(title="seqserve", version=routes_v2.SERVER_VERSION, lifespan=lifespan,
+    app = ServiceApp(title="seqserve", version=routes_v2.SERVER_VERSION, lifespan=lifespan,
                   description="Recurrent NLP models (classification, translation) on ONNX Runtime. "
                               "REST under /v1, Open Inference Protocol v2 under /v2, metrics at /metrics.")
     app.state.settings, app.state.metrics, app.state.manager, app.state.started = settings, metrics, manager, False
@@ -142,4 +143,5 @@ def create_app(settings: Settings) -> FastAPI:
                            allow_headers=["*"])
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        shed=edge_shedding(settings, manager, metrics), retry_after_s=settings.retry_after_s)
+    app.enable_hot_path()
     return app

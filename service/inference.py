@@ -98,18 +98,21 @@ def refuse_if_full(model: ServedModel, count: int, metrics: Metrics) -> None:
 
 
 async def wait_or_disconnect(request: Request, futures: list[asyncio.Future[Any]]) -> list[Any]:
-    gathered: asyncio.Future[list[Any]] = asyncio.gather(*futures)
-    watcher: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(request))
+    """The futures' results; if the client disconnects first, their work is cancelled and ClientGone raised."""
+    results: asyncio.Future[Any] = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+    watcher = asyncio.get_running_loop().create_task(_disconnected(request))
+    watcher.add_done_callback(lambda w: None if w.cancelled() else results.cancel())
     try:
-        done, _ = await asyncio.wait([gathered, watcher], return_when=asyncio.FIRST_COMPLETED)
+        answer = await results
+    except asyncio.CancelledError:
+        for f in futures:
+            f.cancel()  # the batcher drops cancelled items before compute and counts them
+        if watcher.done() and not watcher.cancelled():
+            raise ClientGone() from None
+        raise  # this task itself was cancelled (shutdown)
     finally:
         watcher.cancel()
-    if gathered in done:
-        return list(gathered.result())
-    for f in futures:
-        f.cancel()  # the batcher drops cancelled items before compute and counts them
-    gathered.cancel()
-    raise ClientGone()
+    return [answer] if len(futures) == 1 else list(answer)
 
 
 async def _disconnected(request: Request) -> None:
