@@ -25,8 +25,16 @@ def configure_logging(level: str) -> None:
     logging.getLogger("seqserve.access").setLevel("WARNING" if level == "info" else level.upper())
 
 
+def tune_interpreter(settings: Settings) -> None:
+    """The event loop and the compute threads share the GIL. A thread that gives it up for I/O waits up to the
+    switch interval to get it back while another runs Python (the convoy effect); at Python's 5 ms that
+    stalls the loop for the length of a batch's result building. Process-wide, so it is set here, not per app."""
+    sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
+
+
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
+    tune_interpreter(settings)
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None, timeout_keep_alive=5,

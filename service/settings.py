@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     intra_op_spinning: bool = Field(False, description="let onnxruntime's idle pool threads spin-wait (faster "
                                     "back-to-back runs, but they take CPU from request handling; measured slower)")
+    gil_switch_interval_us: float = Field(50.0, gt=0, le=100_000, description="how long a Python thread may hold "
+                                          "the GIL while another waits (Python's default: 5000); short, so the "
+                                          "compute thread's Python work does not hold up the event loop")
 
     max_batch_size: int = Field(64, ge=1, le=4096)
     max_queue_delay_ms: float = Field(0.0, ge=0, le=10_000, description="wait this long for a fuller batch when "

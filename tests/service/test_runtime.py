@@ -1,5 +1,6 @@
-"""onnxruntime sessions as the settings ask for them: threads, spinning, providers."""
+"""onnxruntime sessions as the settings ask for them: threads, spinning, providers; the interpreter's GIL switch."""
 
+import sys
 from pathlib import Path
 
 import onnxruntime as ort
@@ -41,3 +42,18 @@ def test_cuda_asked_for_without_the_provider_is_a_clear_error():
     with pytest.raises(ValueError, match="onnxruntime-gpu"):
         providers_for("cuda")
     assert providers_for("auto") == ["CPUExecutionProvider"]
+
+
+def test_serve_shortens_the_gil_switch_interval():
+    from service.server import tune_interpreter
+
+    before = sys.getswitchinterval()
+    try:
+        tune_interpreter(Settings())
+        assert sys.getswitchinterval() == pytest.approx(50e-6)
+        tune_interpreter(Settings(gil_switch_interval_us=5000))
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+    finally:
+        sys.setswitchinterval(before)
+    with pytest.raises(ValueError, match="gil_switch_interval_us"):
+        Settings(gil_switch_interval_us=0)
