@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from service.deps import Forbidden, Unauthorized, key_matches
 from service.errors import UserError
 from service.hotpath import ServiceApp
 from service.inference import ClientGone, InvalidInput, TooLarge
-from service.manager import ModelManager, ModelNotFound, ModelNotReady
+from service.manager import ModelManager, ModelNotFound, ModelNotReady, settle_heap
 from service.metrics import Metrics
 from service.middleware import BodyTooLarge, ServiceMiddleware, Shed
 from service.repository import RepositoryError
@@ -115,11 +116,13 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.load_all()
+        settle_heap()
         app.state.started = True
         log.info("ready: %s", ", ".join(f"{m.name} v{m.version}" for m in manager.models.values()) or "no models")
         yield
         app.state.started = False
         await manager.close()
+        gc.unfreeze()
 
     app = ServiceApp(title="seqserve", version=routes_v2.SERVER_VERSION, lifespan=lifespan,
                   description="Recurrent NLP models (classification, translation) on ONNX Runtime. "

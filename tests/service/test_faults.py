@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import shutil
 import threading
 import time
+import weakref
 
 import httpx
 import pytest
@@ -194,3 +196,23 @@ def test_sigterm_during_a_burst_answers_every_accepted_request(repo, tmp_path):
     assert handled and set(handled) == {"200"}  # nothing the server took in ended in an error
     assert len(handled) == len(answered)  # and every one of them reached its client
     assert "Application shutdown complete" in log
+
+
+def test_heap_frozen_while_serving_and_a_retired_version_is_released(make_server):
+    """service.manager.settle_heap: long-lived objects are frozen after start-up, yet the objects of a version
+    that was replaced or unloaded are freed once it has drained (not pinned in the frozen generation)."""
+    server = make_server(enable_model_control=True)
+    assert gc.get_freeze_count() > 0
+    for action in ("load", "unload"):  # a reload retires version 1 in place; an unload retires the new one
+        retired = weakref.ref(server.manager.models["reviews"])
+        assert httpx.post(f"{server.url}/v2/repository/models/reviews/{action}").status_code == 200
+        deadline = time.monotonic() + 20
+        # the version is released inside settle_heap's collection, then everything left is frozen again
+        while (retired() is not None or gc.get_freeze_count() == 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert retired() is None, f"the retired model's objects are still alive after {action}"
+        assert gc.get_freeze_count() > 0
+        if action == "load":
+            assert classify(server.url, [POSITIVE]).json()["results"][0]["label"] == "pos"
+    server.__exit__()
+    assert gc.get_freeze_count() == 0  # stopping unfreezes: nothing stays pinned in a process that goes on
