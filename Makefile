@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DATASETS ?= ../shared/datasets
 
-.PHONY: setup serve test lint constraints demo-models demo-sentiment demo-en-de baseline-en-de clean test-deps test-container
+.PHONY: setup serve test lint constraints demo-models demo-sentiment demo-en-de baseline-en-de clean test-deps bench-deps test-container
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,9 +44,13 @@ test: setup lint test-deps
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 	apt-get install -y -q --no-install-recommends
-test-deps:
+test-deps: bench-deps
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || ($(APT_INSTALL) prometheus)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || ($(APT_INSTALL) chromium chromium-driver)
+
+# wrk: the classification benchmark's load generator (C, so it takes little of the CPU it shares with the service).
+bench-deps:
+	@command -v wrk >/dev/null || ($(APT_INSTALL) wrk)
 
 # Not part of `make test`: builds the image with podman, runs it and checks it (COMPOSE=1: podman-compose too).
 test-container: setup
@@ -102,7 +106,7 @@ loadtest-texts: setup
 # Benchmarks of the demo models, one service at a time (about 30 minutes on 2 cores); writes
 # docs/benchmarks/{classify,translate}.{md,json,png} and the open-loop {classify,translate}-load.png. The int8
 # classifier series is quantized on the fly when the repository has no int8 version.
-bench: setup
+bench: setup bench-deps
 	$(BIN)/seqserve bench classify --repo model_repository --model sentiment --out docs/benchmarks $(BENCH_FLAGS)
 	$(BIN)/seqserve bench translate --repo model_repository --model en-de --out docs/benchmarks $(BENCH_FLAGS)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from service.bench import wrk
 from service.bench.core import (
     Call,
     CallSource,
@@ -89,9 +90,20 @@ def single_version_repo(root: Path, model: str, variant: Variant) -> Path:
     return repo
 
 
+def classify_calls(texts: Sequence[str], model: str) -> list[Call]:
+    return [Call("all", json.dumps({"model": model, "texts": [t]}).encode(), 1) for t in texts]
+
+
 def classify_source(texts: Sequence[str], model: str) -> CallSource:
-    calls = [Call("all", json.dumps({"model": model, "texts": [t]}).encode(), 1) for t in texts]
+    calls = classify_calls(texts, model)
     return lambda worker, n: calls[(worker * 7919 + n) % len(calls)]  # workers start at different texts
+
+
+def generator(a: argparse.Namespace) -> str:
+    """The closed loop's load generator: wrk when asked or (auto) when installed, else aiohttp."""
+    if a.generator == "auto":
+        return "wrk" if wrk.available() else "aiohttp"
+    return str(a.generator)
 
 
 def check_answer(call: Call, body: Any) -> str | None:
@@ -106,10 +118,16 @@ def check_answer(call: Call, body: Any) -> str | None:
 def service_points(series: str, url: str, texts: Sequence[str], a: argparse.Namespace) -> Series:
     """The closed loop at each concurrency, then the open loop at fractions of the best throughput it reached."""
     endpoint = f"{url.rstrip('/')}/v1/classify"
-    closed = []
+    closed, use_wrk = [], generator(a) == "wrk"
+    if use_wrk:
+        wrk.spot_check(endpoint, classify_calls(texts, a.model), check_answer)
     for level in a.levels:
-        windows = [run_closed_loop(endpoint, classify_source(texts, a.model), level, a.seconds, warmup=a.warmup,
-                                   check=check_answer) for _ in range(a.repeats)]
+        if use_wrk:
+            windows = [wrk.wrk_closed_loop(endpoint, classify_calls(texts, a.model), level, a.seconds,
+                                           warmup=a.warmup) for _ in range(a.repeats)]
+        else:
+            windows = [run_closed_loop(endpoint, classify_source(texts, a.model), level, a.seconds,
+                                       warmup=a.warmup, check=check_answer) for _ in range(a.repeats)]
         closed.append(checked(summarize(series, windows)))
         progress(closed[-1])
     capacity = max(p.throughput for p in closed)  # requests/s: one text per request
@@ -188,6 +206,12 @@ def ratio_rows(points: Sequence[Point], levels: Sequence[int]) -> list[list[str]
     return rows
 
 
+GENERATORS = {
+    "wrk": "wrk (C; every answer's status counted, 32 answers checked before each series);",
+    "aiohttp": "aiohttp (Python; every answer checked);",
+}
+
+
 def report(series: Series, a: argparse.Namespace, source: str, info: dict[str, str]) -> str:
     points = series.closed
     fp32 = next((p for p in points if p.series == "service fp32" and p.level == max(a.levels)), None)
@@ -199,8 +223,9 @@ def report(series: Series, a: argparse.Namespace, source: str, info: dict[str, s
         "`ClassifierRuntime.predict` (tokenize, pad, onnxruntime, softmax) on batches of N texts back to back, "
         "no HTTP, onnxruntime choosing its threads (one per core): the engine's limit on this machine.",
         "",
-        "The load generator (aiohttp, closed loop: N clients, one request each in flight) runs on the "
-        "same cores as the service, so service figures include its cost; the bare series has no such competitor.",
+        f"Load generator for the closed loop: {GENERATORS[generator(a)]} N connections, one request each in "
+        "flight. It runs on the same cores as the service, so service figures include its cost; the bare series "
+        "has no such competitor. The open loop uses aiohttp.",
         "", points_table(points, "concurrency / batch"),
         "## Ratios (throughput; concurrency N against batch size N)", "",
         markdown_table(["N", "service/bare fp32", "service/bare int8", "int8/fp32 service", "int8/fp32 bare"],

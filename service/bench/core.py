@@ -53,6 +53,7 @@ class KindStats:
     texts: int = 0  # texts answered correctly
     errors: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
+    quantiles: dict[int, float] = field(default_factory=dict)  # {50: s, 99: s} when a generator gave only these
 
 
 @dataclass
@@ -106,6 +107,9 @@ def summarize(series: str, windows: Sequence[Window], kind: str | None = None) -
         if latencies:
             p50s.append(percentile(latencies, 50) * 1e3)
             p99s.append(percentile(latencies, 99) * 1e3)
+        elif len(stats) == 1 and stats[0].quantiles:  # percentiles cannot be merged: only one kind's are used
+            p50s.append(stats[0].quantiles[50] * 1e3)
+            p99s.append(stats[0].quantiles[99] * 1e3)
         errors += sum(s.errors for s in stats)
         requests += sum(s.requests for s in stats)
     return Point(series, kind or "all", windows[0].level, statistics.median(throughputs),

@@ -7,11 +7,12 @@ import math
 import random
 import shutil
 
+import httpx
 import numpy as np
 import pytest
 
 from service.bench.classify import check_answer as check_classify
-from service.bench.classify import classify_source, find_variants
+from service.bench.classify import classify_calls, classify_source, find_variants
 from service.bench.core import (
     Call,
     Point,
@@ -27,8 +28,10 @@ from service.bench.core import (
 )
 from service.bench.report import markdown_table, points_table, ratio
 from service.bench.translate import MixedSource, ratio_table, results_table, short_and_long
+from service.bench.wrk import spot_check, wrk_closed_loop
 from service.cli import main
 from service.errors import UserError
+from tests.service.test_api import metric
 
 
 @pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 99, 100])
@@ -146,6 +149,26 @@ def test_closed_loop_against_a_real_server_counts_answers(make_server):
     assert unknown.first_error is not None and unknown.first_error.startswith("HTTP 404")
 
 
+def test_wrk_closed_loop_against_a_real_server_counts_answers_and_refusals(make_server):
+    url = make_server().url
+    texts = ["the film is superb", "a dull movie", "one two three"]
+    w = wrk_closed_loop(f"{url}/v1/classify", classify_calls(texts, "reviews"), 4, 1.0, warmup=0.0)
+    stats = w.kinds["all"]
+    assert stats.requests > 0 and stats.errors == 0 and w.first_error is None and w.seconds >= 1.0
+    assert stats.texts == stats.requests and 0 < stats.quantiles[50] <= stats.quantiles[99]
+    point = summarize("wrk", [w])
+    assert point.throughput == stats.texts / w.seconds and point.p50_ms == stats.quantiles[50] * 1e3
+    scraped = httpx.get(f"{url}/metrics", timeout=10).text
+    counted = metric(scraped, "seqserve_requests_total", endpoint="/v1/classify", model="reviews", status="200")
+    assert counted >= stats.requests  # the server saw every request wrk counted (and those still in flight)
+    unknown = wrk_closed_loop(f"{url}/v1/classify", classify_calls(texts, "nope"), 2, 1.0, warmup=0.0)
+    assert unknown.kinds["all"].errors == unknown.kinds["all"].requests > 0 and unknown.kinds["all"].texts == 0
+    assert unknown.first_error is not None and unknown.first_error.startswith("HTTP 404")
+    with pytest.raises(UserError, match="spot-checked answer is wrong"):
+        spot_check(f"{url}/v1/classify", classify_calls(texts, "reviews"), lambda call, body: "wrong label")
+    spot_check(f"{url}/v1/classify", classify_calls(texts, "reviews"), check_classify)
+
+
 def test_open_loop_keeps_its_arrival_rate_and_times_from_the_scheduled_start(make_server):
     url = make_server().url
     texts = ["the film is superb", "a dull movie", "one two three"]
@@ -203,7 +226,8 @@ def test_bench_command_reports_user_mistakes_with_exit_2(capsys, tmp_path):
     assert exc.value.code == 2
 
 
-def test_bench_classify_writes_a_report_for_fp32_and_int8(repo, tmp_path, capsys):
+@pytest.mark.parametrize("generator", ["wrk", "aiohttp"])
+def test_bench_classify_writes_a_report_for_fp32_and_int8(repo, tmp_path, capsys, generator):
     """The repository holds only fp32: the bench quantizes an int8 variant for its own series."""
     shutil.rmtree(repo / "numbers")
     texts = tmp_path / "texts.txt"
@@ -211,7 +235,7 @@ def test_bench_classify_writes_a_report_for_fp32_and_int8(repo, tmp_path, capsys
     out = tmp_path / "out"
     code = main(["bench", "classify", "--repo", str(repo), "--model", "reviews", "--levels", "1,2",
                  "--repeats", "1", "--seconds", "0.3", "--warmup", "0.1", "--texts-file", str(texts),
-                 "--load-fractions", "0.5,1.1", "--out", str(out)])
+                 "--load-fractions", "0.5,1.1", "--out", str(out), "--generator", generator])
     assert code == 0, capsys.readouterr().err
     figures = json.loads((out / "classify.json").read_text())
     points, opened = figures["closed_loop"], figures["open_loop"]
@@ -226,6 +250,7 @@ def test_bench_classify_writes_a_report_for_fp32_and_int8(repo, tmp_path, capsys
     report = (out / "classify.md").read_text()
     assert "| 2 | " in report.split("## Ratios")[1] and "## Machine" in report
     assert "## Latency against offered load" in report
+    assert f"Load generator for the closed loop: {generator} (" in report
     assert (out / "classify.png").stat().st_size > 0 and (out / "classify-load.png").stat().st_size > 0
     assert sorted(p.name for p in (repo / "reviews").iterdir()) == ["1"]  # the repository is left as it was
 
