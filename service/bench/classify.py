@@ -225,7 +225,9 @@ def report(series: Series, a: argparse.Namespace, source: str, info: dict[str, s
         "",
         f"Load generator for the closed loop: {GENERATORS[generator(a)]} N connections, one request each in "
         "flight. It runs on the same cores as the service, so service figures include its cost; the bare series "
-        "has no such competitor. The open loop uses aiohttp.",
+        "has no such competitor. The open loop uses aiohttp, whatever the closed loop used; with wrk in the "
+        "closed loop, its rates near the closed loop's best may exceed what aiohttp and the service together "
+        "can run on small machines (aiohttp spends more CPU per request), and the latency there shows both.",
         "", points_table(points, "concurrency / batch"),
         "## Ratios (throughput; concurrency N against batch size N)", "",
         markdown_table(["N", "service/bare fp32", "service/bare int8", "int8/fp32 service", "int8/fp32 bare"],
