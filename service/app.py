@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,7 +20,7 @@ from service import routes_demo, routes_v1, routes_v2
 from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
 from service.deps import Forbidden, Unauthorized, key_matches
 from service.errors import UserError
-from service.hotpath import ServiceApp
+from service.hotpath import V2_INFER, ServiceApp
 from service.inference import ClientGone, InvalidInput, TooLarge
 from service.manager import ModelManager, ModelNotFound, ModelNotReady, settle_heap
 from service.metrics import Metrics
@@ -73,7 +72,6 @@ async def handle_gone(request: Request, exc: ClientGone) -> Response:
 
 
 V1_KINDS = {"/v1/classify": "classifier", "/v1/translate": "translator", "/v1/translate/stream": "translator"}
-V2_INFER = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<number>[^/]+))?/infer")
 
 
 def edge_shedding(settings: Settings, manager: ModelManager, metrics: Metrics) -> Shed:

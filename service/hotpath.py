@@ -1,20 +1,23 @@
-"""POST /v1/classify without the framework's per-request layers.
+"""POST /v1/classify and v2 `infer` without the framework's per-request layers.
 
 A classifier request carries a sentence or two, so its compute is a fraction of a millisecond in a batch,
 and the event loop's share of each request decides throughput. Profiled at concurrency 32 (py-spy,
 GIL samples), FastAPI's own layers took over half of the loop's time: four middlewares, route matching,
 dependency resolution and its body machinery.
 
-`ServiceApp` sends this one route to `HotPath`: the app's own user middleware (`ServiceMiddleware`: request
-id, limits, metrics, edge shedding; CORS when on) around a handler that reads the body as the framework does,
-validates it with the route's pydantic model and runs the route's own function (`routes_v1.classify_body`).
-Errors go to the app's exception handlers, so the answers are the framework route's. That route stays
-declared for OpenAPI (/docs); every other path takes the normal stack.
+`ServiceApp` sends these routes to `HotPath`: the app's own user middleware (`ServiceMiddleware`: request
+id, limits, metrics, edge shedding; CORS when on) around a handler that reads the body as the framework does
+and runs the route's own function (`routes_v1.classify_body`, `routes_v2.infer_body`); the response goes
+through the route's response model as the framework would. Errors go to the app's exception handlers, so the
+answers are the framework route's. Path parameters the framework would refuse (a model name over 64
+characters, a version that is not a positive integer) take the framework route, as does every other path;
+the routes stay declared for OpenAPI (/docs).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -22,17 +25,27 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import routes_v1
+from service import routes_v1, routes_v2
 from service.deps import require_inference_key
-from service.schemas import ClassifyRequest
+from service.schemas import ClassifyRequest, V2InferResponse
 
-PATH = "/v1/classify"
+CLASSIFY = "/v1/classify"
+V2_INFER = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<number>[^/]+))?/infer")
+V2_PREFIX = "/v2/models/"
 
 
 class _Route:
     """Stands in for the matched route in `scope["route"]`, which the metrics label their endpoint by."""
 
-    path = PATH
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def _plain(match: re.Match[str]) -> bool:
+    """Path parameters the framework route accepts as they are (`routes_v2.ModelName`, `routes_v2.Version`)."""
+    number = match["number"]
+    return len(match["name"]) <= 64 and (number is None or (number.isascii() and number.isdigit()
+                                                             and int(number) >= 1))
 
 
 def _media_type(scope: Scope) -> str:
@@ -48,15 +61,15 @@ def _invalid(kind: str, message: str, given: Any, *where: Any, **extra: Any) -> 
 
 
 class ServiceApp(FastAPI):
-    """The FastAPI app, except that POST /v1/classify goes straight to `HotPath` (its own middleware chain)."""
+    """The FastAPI app, except that the inference routes go straight to `HotPath` (its own middleware chain)."""
 
     hot_path: HotPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self.hot_path is not None and scope["type"] == "http" and scope["path"] == PATH
-                and scope["method"] == "POST"):
+        handler = self.hot_path.route(scope) if self.hot_path is not None else None
+        if handler is not None:
             scope["app"] = self
-            await self.hot_path.chain(scope, receive, send)
+            await handler(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -67,29 +80,60 @@ class ServiceApp(FastAPI):
 
 class HotPath:
     def __init__(self, app: FastAPI) -> None:
-        self.app, self.route = app, _Route()
-        chain: ASGIApp = self._classify
-        for middleware in reversed(app.user_middleware):
-            chain = middleware.cls(chain, *middleware.args, **middleware.kwargs)
-        self.chain = chain
+        self.app = app
+        self.classify, self.infer = self._chain(self._classify), self._chain(self._infer)
+        self.routes = {CLASSIFY: _Route(CLASSIFY), False: _Route(V2_PREFIX + "{name}/infer"),
+                       True: _Route(V2_PREFIX + "{name}/versions/{number}/infer")}
+
+    def _chain(self, handler: ASGIApp) -> ASGIApp:
+        for middleware in reversed(self.app.user_middleware):
+            handler = middleware.cls(handler, *middleware.args, **middleware.kwargs)
+        return handler
+
+    def route(self, scope: Scope) -> ASGIApp | None:
+        """The hot handler for this request, or None for the framework's stack."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        path: str = scope["path"]
+        if path == CLASSIFY:
+            return self.classify
+        if path.startswith(V2_PREFIX) and (match := V2_INFER.fullmatch(path)) and _plain(match):
+            return self.infer
+        return None
 
     async def _classify(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["route"] = self.route
+        scope["route"] = self.routes[CLASSIFY]
         request = Request(scope, receive)
         try:
             answer = await routes_v1.classify_body(await self._body(request), request)
         except Exception as exc:
-            handler = self._handler_for(exc)
-            if handler is None:
-                raise  # ServiceMiddleware logs it and answers 500 with the request id
-            response = await handler(request, exc)
-            await response(scope, receive, send)
+            await self._error(request, exc, send)
             return
-        # the bytes JSONResponse would render
-        body = json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(answer, send)
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = V2_INFER.fullmatch(scope["path"])
+        assert match is not None  # route() matched it
+        number = match["number"]
+        scope["route"] = self.routes[number is not None]
+        request = Request(scope, receive)
+        try:
+            await require_inference_key(request)
+            model = self.app.state.manager.get(match["name"], None if number is None else int(number))
+            answer = await routes_v2.infer_body(request, model)
+            # the route's response_model with response_model_exclude_none, as the framework applies them
+            shaped = V2InferResponse.model_validate(answer).model_dump(mode="json", exclude_none=True)
+        except Exception as exc:
+            await self._error(request, exc, send)
+            return
+        await _send_json(shaped, send)
+
+    async def _error(self, request: Request, exc: Exception, send: Send) -> None:
+        handler = self._handler_for(exc)
+        if handler is None:
+            raise exc  # ServiceMiddleware logs it and answers 500 with the request id
+        response = await handler(request, exc)
+        await response(request.scope, request.receive, send)
 
     async def _body(self, request: Request) -> ClassifyRequest:
         """The framework's reading of a JSON body: only a JSON media type is parsed, with `json.loads`."""
@@ -114,3 +158,11 @@ class HotPath:
     def _handler_for(self, exc: Exception) -> Any:
         handlers = self.app.exception_handlers
         return next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
+
+
+async def _send_json(content: Any, send: Send) -> None:
+    """A 200 with the bytes JSONResponse would render."""
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})

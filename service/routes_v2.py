@@ -11,11 +11,13 @@ from fastapi import APIRouter, Body, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from service.deps import ManagerDep, MetricsDep, SettingsDep, require_control_key, require_inference_key
+from service.deps import ManagerDep, require_control_key, require_inference_key
 from service.inference import InvalidInput, check_texts, deadline_from, run_texts
+from service.metrics import Metrics
 from service.routes_v1 import ERRORS, decode_options
 from service.schemas import TranslateRequest, V2InferRequest, V2InferResponse, V2Tensor
 from service.served import ServedModel, TranslateItem
+from service.settings import Settings
 
 try:
     SERVER_VERSION = version("seqserve")
@@ -94,20 +96,21 @@ INFER_DOC: dict[str, Any] = {"requestBody": {"required": True, "content": {
 
 @router.post("/models/{name}/infer", response_model=V2InferResponse, response_model_exclude_none=True,
              dependencies=[Depends(require_inference_key)], summary="Inference", openapi_extra=INFER_DOC)
-async def infer(name: ModelName, request: Request, manager: ManagerDep, settings: SettingsDep,
-                metrics: MetricsDep) -> dict[str, Any]:
-    return await _infer(request, manager.get(name), settings, metrics)
+async def infer(name: ModelName, request: Request, manager: ManagerDep) -> dict[str, Any]:
+    return await infer_body(request, manager.get(name))  # served by service.hotpath; declared for /docs
 
 
 @router.post("/models/{name}/versions/{number}/infer", response_model=V2InferResponse,
              response_model_exclude_none=True, dependencies=[Depends(require_inference_key)],
              summary="Inference on a version", openapi_extra=INFER_DOC)
-async def infer_version(name: ModelName, number: Version, request: Request, manager: ManagerDep,
-                        settings: SettingsDep, metrics: MetricsDep) -> dict[str, Any]:
-    return await _infer(request, manager.get(name, number), settings, metrics)
+async def infer_version(name: ModelName, number: Version, request: Request,
+                        manager: ManagerDep) -> dict[str, Any]:
+    return await infer_body(request, manager.get(name, number))  # served by service.hotpath
 
 
-async def _infer(request: Request, model: ServedModel, settings: SettingsDep, metrics: MetricsDep) -> dict[str, Any]:
+async def infer_body(request: Request, model: ServedModel) -> dict[str, Any]:
+    settings: Settings = request.app.state.settings
+    metrics: Metrics = request.app.state.metrics
     request.state.model = model.name
     body = await parse_infer_request(request)
     texts = check_texts(_texts(body), settings)
@@ -129,7 +132,7 @@ async def _infer(request: Request, model: ServedModel, settings: SettingsDep, me
     return {"model_name": model.name, "model_version": str(model.version), "id": body.id, "outputs": outputs}
 
 
-def _translate_payload(params: dict[str, Any], settings: SettingsDep) -> Any:
+def _translate_payload(params: dict[str, Any], settings: Settings) -> Any:
     """Decoding options from the v2 parameters beam_size, max_length and length_penalty (as in /v1/translate)."""
     given = {k: params[k] for k in ("beam_size", "max_length", "length_penalty") if k in params}
     try:

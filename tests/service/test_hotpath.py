@@ -1,4 +1,5 @@
-"""POST /v1/classify bypasses the framework's layers (service.hotpath); its answers must be the framework's.
+"""POST /v1/classify and v2 infer bypass the framework's layers (service.hotpath); their answers must be the
+framework's.
 
 Two real servers on the same repository, one with the hot path and one with it switched off, get the same
 requests; status, content type, Retry-After, JSON body (minus the request id) and the metrics must agree."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +27,46 @@ JSON = {"content-type": "application/json", **KEY}
 def body(**fields: Any) -> bytes:
     return json.dumps(fields).encode()
 
+
+CLASSIFY = "/v1/classify"
+INFER = "/v2/models/reviews/infer"
+
+
+def tensor(*texts: str, **parameters: Any) -> dict[str, Any]:
+    return {"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": list(texts),
+            **({"parameters": parameters} if parameters else {})}
+
+
+def binary_request(*texts: str) -> tuple[dict[str, str], bytes]:
+    """Triton's binary tensor extension: a JSON header, then each text as a 4-byte length and its bytes."""
+    blob = b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in texts)
+    header = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)],
+                                     "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    return ({**KEY, "content-type": "application/octet-stream",
+             "inference-header-content-length": str(len(header))}, header + blob)
+
+
+V2_CASES: list[tuple[str, str, dict[str, str], bytes, bool]] = [
+    ("v2 one text", INFER, JSON, body(inputs=[tensor("the film is superb")]), True),
+    ("v2 with id and outputs", INFER, JSON, body(id="7", inputs=[tensor("superb", "dull")],
+                                                 outputs=[{"name": "label"}]), True),
+    ("v2 version 1", "/v2/models/reviews/versions/1/infer", JSON, body(inputs=[tensor("fine")]), True),
+    ("v2 version not loaded", "/v2/models/reviews/versions/2/infer", JSON, body(inputs=[tensor("fine")]), True),
+    ("v2 version 0", "/v2/models/reviews/versions/0/infer", JSON, body(inputs=[tensor("fine")]), False),
+    ("v2 version not a number", "/v2/models/reviews/versions/one/infer", JSON, body(inputs=[tensor("x")]), False),
+    ("v2 name over 64", f"/v2/models/{'r' * 65}/infer", JSON, body(inputs=[tensor("fine")]), False),
+    ("v2 unknown model", "/v2/models/nope/infer", JSON, body(inputs=[tensor("fine")]), True),
+    ("v2 translator", "/v2/models/numbers/infer", JSON, body(inputs=[tensor("one two")],
+                                                             parameters={"beam_size": 1}), True),
+    ("v2 unknown output", INFER, JSON, body(inputs=[tensor("fine")], outputs=[{"name": "nope"}]), True),
+    ("v2 bad timeout", INFER, JSON, body(inputs=[tensor("fine")], parameters={"timeout": "soon"}), True),
+    ("v2 wrong datatype", INFER, JSON, body(inputs=[{**tensor("fine"), "datatype": "FP32"}]), True),
+    ("v2 missing inputs", INFER, JSON, body(id="1"), True),
+    ("v2 malformed JSON", INFER, JSON, b'{"inputs": [', True),
+    ("v2 text/plain", INFER, {**KEY, "content-type": "text/plain"}, body(inputs=[tensor("x")]), True),
+    ("v2 no key", INFER, {"content-type": "application/json"}, body(inputs=[tensor("fine")]), True),
+    ("v2 binary", INFER, *binary_request("superb", "é 🎬 dull"), True),
+]
 
 CASES: list[tuple[str, dict[str, str], bytes]] = [
     ("one text", JSON, body(model="reviews", texts=["the film is superb"])),
@@ -77,19 +119,21 @@ def servers(tmp_path_factory, classifier_version, translator_version) -> Iterato
     framework.app.hot_path = None  # type: ignore[attr-defined]
     assert hot.app.hot_path is not None  # type: ignore[attr-defined]
     taken: list[str] = []
-    chain = hot.app.hot_path.chain  # type: ignore[attr-defined]
+    route = hot.app.hot_path.route  # type: ignore[attr-defined]
 
-    async def counting(scope: Any, receive: Any, send: Any) -> None:
-        taken.append(scope["path"])
-        await chain(scope, receive, send)
+    def counting(scope: Any) -> Any:
+        handler = route(scope)
+        if handler is not None:
+            taken.append(scope["path"])
+        return handler
 
-    hot.app.hot_path.chain = counting  # type: ignore[attr-defined]
+    hot.app.hot_path.route = counting  # type: ignore[attr-defined]
     with hot, framework:
         yield hot, framework, taken
 
 
-def answer(server: ThreadServer, headers: dict[str, str], content: bytes) -> tuple[Any, ...]:
-    response = httpx.post(server.url + "/v1/classify", headers=headers, content=content, timeout=30)
+def answer(server: ThreadServer, headers: dict[str, str], content: bytes, path: str = CLASSIFY) -> tuple[Any, ...]:
+    response = httpx.post(server.url + path, headers=headers, content=content, timeout=30)
     payload = response.json()
     request_id = payload.pop("request_id", None) if isinstance(payload, dict) else None
     assert response.headers["x-request-id"], "every answer carries a request id"
@@ -108,17 +152,31 @@ def test_hot_path_answers_as_the_framework_route(servers, name, headers, content
     assert got[0] < 500
 
 
-def classify_counts(server: ThreadServer) -> dict[str, float]:
+@pytest.mark.parametrize(("name", "path", "headers", "content", "hot"), V2_CASES, ids=[c[0] for c in V2_CASES])
+def test_hot_path_v2_infer_answers_as_the_framework_route(servers, name, path, headers, content, hot):
+    hot_server, framework, taken = servers
+    before = len(taken)
+    got, expected = answer(hot_server, headers, content, path), answer(framework, headers, content, path)
+    assert len(taken) == before + hot, "hot path taken" if not hot else "the request did not take the hot path"
+    assert got == expected
+    assert got[0] < 500
+
+
+def request_counts(server: ThreadServer) -> dict[str, float]:
     text = httpx.get(server.url + "/metrics", timeout=10).text
-    pattern = r'seqserve_requests_total\{endpoint="/v1/classify",model="([^"]*)",status="(\d+)"\} (\S+)'
-    return {f"{model}:{status}": float(n) for model, status, n in re.findall(pattern, text)}
+    pattern = r'seqserve_requests_total\{endpoint="([^"]*)",model="([^"]*)",status="(\d+)"\} (\S+)'
+    return {f"{endpoint} {model}:{status}": float(n) for endpoint, model, status, n in re.findall(pattern, text)}
 
 
 def test_hot_path_metrics_match(servers):
     hot, framework, _ = servers
-    for _, headers, content in CASES:  # independent of the order the parametrized cases ran in
-        answer(hot, headers, content)
-        answer(framework, headers, content)
-    counts = classify_counts(hot)
-    assert counts == classify_counts(framework)
-    assert counts.get("reviews:200", 0) >= 1 and counts.get(":401", 0) >= 1
+    requests = [(CLASSIFY, headers, content) for _, headers, content in CASES]
+    requests += [(path, headers, content) for _, path, headers, content, _ in V2_CASES]
+    for path, headers, content in requests:  # independent of the order the parametrized cases ran in
+        answer(hot, headers, content, path)
+        answer(framework, headers, content, path)
+    counts = request_counts(hot)
+    assert counts == request_counts(framework)
+    assert counts.get("/v1/classify reviews:200", 0) >= 1 and counts.get("/v1/classify :401", 0) >= 1
+    assert counts.get("/v2/models/{name}/infer reviews:200", 0) >= 1
+    assert counts.get("/v2/models/{name}/versions/{number}/infer reviews:200", 0) >= 1
