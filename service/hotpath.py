@@ -82,8 +82,9 @@ class HotPath:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.classify, self.infer = self._chain(self._classify), self._chain(self._infer)
-        self.routes = {CLASSIFY: _Route(CLASSIFY), False: _Route(V2_PREFIX + "{name}/infer"),
-                       True: _Route(V2_PREFIX + "{name}/versions/{number}/infer")}
+        self.classify_route = _Route(CLASSIFY)
+        self.infer_route = _Route(V2_PREFIX + "{name}/infer")
+        self.infer_version_route = _Route(V2_PREFIX + "{name}/versions/{number}/infer")
 
     def _chain(self, handler: ASGIApp) -> ASGIApp:
         for middleware in reversed(self.app.user_middleware):
@@ -102,7 +103,7 @@ class HotPath:
         return None
 
     async def _classify(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["route"] = self.routes[CLASSIFY]
+        scope["route"] = self.classify_route
         request = Request(scope, receive)
         try:
             answer = await routes_v1.classify_body(await self._body(request), request)
@@ -115,7 +116,7 @@ class HotPath:
         match = V2_INFER.fullmatch(scope["path"])
         assert match is not None  # route() matched it
         number = match["number"]
-        scope["route"] = self.routes[number is not None]
+        scope["route"] = self.infer_route if number is None else self.infer_version_route
         request = Request(scope, receive)
         try:
             await require_inference_key(request)
