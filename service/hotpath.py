@@ -99,6 +99,7 @@ class HotPath:
         if path == CLASSIFY:
             return self.classify
         if path.startswith(V2_PREFIX) and (match := V2_INFER.fullmatch(path)) and _plain(match):
+            scope["path_params"] = match.groupdict()  # where the framework's router puts them
             return self.infer
         return None
 
@@ -113,14 +114,12 @@ class HotPath:
         await _send_json(answer, send)
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = V2_INFER.fullmatch(scope["path"])
-        assert match is not None  # route() matched it
-        number = match["number"]
+        name, number = scope["path_params"]["name"], scope["path_params"]["number"]
         scope["route"] = self.infer_route if number is None else self.infer_version_route
         request = Request(scope, receive)
         try:
             await require_inference_key(request)
-            model = self.app.state.manager.get(match["name"], None if number is None else int(number))
+            model = self.app.state.manager.get(name, None if number is None else int(number))
             answer = await routes_v2.infer_body(request, model)
             # the route's response_model with response_model_exclude_none, as the framework applies them
             shaped = V2InferResponse.model_validate(answer).model_dump(mode="json", exclude_none=True)
