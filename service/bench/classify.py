@@ -150,7 +150,10 @@ def bare_points(variant: Variant, texts: Sequence[str], a: argparse.Namespace) -
 
 
 def served_version(url: str, model: str) -> int:
-    response = httpx.get(f"{url.rstrip('/')}/v2/models/{model}", timeout=10)
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/v2/models/{model}", timeout=10)
+    except httpx.HTTPError as exc:
+        raise UserError(f"cannot reach {url} ({type(exc).__name__}: {exc})") from None
     if response.status_code != 200:
         raise UserError(f"{url} does not serve model {model!r} (HTTP {response.status_code})")
     return int(response.json()["versions"][0])

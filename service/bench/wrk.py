@@ -136,7 +136,10 @@ def spot_check(url: str, calls: Sequence[Call], check: Check, count: int = 32) -
     step = max(1, len(calls) // count)
     with httpx.Client(timeout=60) as client:
         for call in list(calls)[::step][:count]:
-            response = client.post(url, content=call.body, headers={"content-type": "application/json"})
+            try:
+                response = client.post(url, content=call.body, headers={"content-type": "application/json"})
+            except httpx.HTTPError as exc:
+                raise UserError(f"{url}: a spot-check request failed ({type(exc).__name__}: {exc})") from None
             problem = (f"HTTP {response.status_code}: {response.text[:200]}" if response.status_code != 200
                        else check(call, response.json()))
             if problem:

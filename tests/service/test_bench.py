@@ -27,6 +27,7 @@ from service.bench.core import (
     summarize,
 )
 from service.bench.report import markdown_table, points_table, ratio
+from service.bench.server import free_port
 from service.bench.translate import MixedSource, ratio_table, results_table, short_and_long
 from service.bench.wrk import spot_check, wrk_closed_loop
 from service.cli import main
@@ -224,6 +225,11 @@ def test_bench_command_reports_user_mistakes_with_exit_2(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "classify", "--levels", "0,8"])
     assert exc.value.code == 2
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert main(["bench", "classify", "--url", nobody, "--levels", "1"]) == 2
+    assert f"cannot reach {nobody}" in capsys.readouterr().err
+    with pytest.raises(UserError, match="a spot-check request failed"):
+        spot_check(f"{nobody}/v1/classify", classify_calls(["a text"], "m"), lambda call, body: None)
 
 
 @pytest.mark.parametrize("generator", ["wrk", "aiohttp"])
