@@ -118,13 +118,13 @@ def check_answer(call: Call, body: Any) -> str | None:
 def service_points(series: str, url: str, texts: Sequence[str], a: argparse.Namespace) -> Series:
     """The closed loop at each concurrency, then the open loop at fractions of the best throughput it reached."""
     endpoint = f"{url.rstrip('/')}/v1/classify"
-    closed, use_wrk = [], generator(a) == "wrk"
-    if use_wrk:
-        wrk.spot_check(endpoint, classify_calls(texts, a.model), check_answer)
+    closed, calls = [], classify_calls(texts, a.model) if generator(a) == "wrk" else None
+    if calls is not None:
+        wrk.spot_check(endpoint, calls, check_answer)
     for level in a.levels:
-        if use_wrk:
-            windows = [wrk.wrk_closed_loop(endpoint, classify_calls(texts, a.model), level, a.seconds,
-                                           warmup=a.warmup) for _ in range(a.repeats)]
+        if calls is not None:
+            windows = [wrk.wrk_closed_loop(endpoint, calls, level, a.seconds, warmup=a.warmup)
+                       for _ in range(a.repeats)]
         else:
             windows = [run_closed_loop(endpoint, classify_source(texts, a.model), level, a.seconds,
                                        warmup=a.warmup, check=check_answer) for _ in range(a.repeats)]

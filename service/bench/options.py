@@ -60,7 +60,8 @@ def add_bench_commands(sub: Any) -> None:
     clf.add_argument("--no-bare", action="store_true", help="skip the bare onnxruntime series")
     clf.add_argument("--generator", choices=["auto", "wrk", "aiohttp"], default="auto",
                      help="closed-loop load generator: wrk (C, far cheaper on shared cores) or aiohttp (checks every "
-                     "answer); auto: wrk when installed (default)")
+                     "answer; wrk runs whole seconds, at least 1, for --seconds and --warmup); auto: wrk when "
+                     "installed (default)")
     clf.add_argument("--no-int8", action="store_true", help="do not quantize an int8 variant when the repository "
                      "has none (quantizing needs the train extra)")
     clf.set_defaults(func=_run_classify)
