@@ -15,6 +15,8 @@ ARG PIP_CERT
 RUN python3 -m venv /opt/seqserve && /opt/seqserve/bin/pip install --upgrade pip setuptools wheel
 COPY pyproject.toml README.md constraints-serve.txt ./
 COPY service ./service
+COPY cli ./cli
+COPY bench ./bench
 # Only the serving extra: no torch, no training code in the image.
 RUN /opt/seqserve/bin/pip install -c constraints-serve.txt ".[serve]" \
  && /opt/seqserve/bin/pip uninstall -y pip setuptools wheel

@@ -33,9 +33,11 @@ constraints:
 
 setup: $(VENV)/.stamp-dev
 
+# ruff, mypy, and the layers (import-linter: the contracts in pyproject.toml, docs/architecture.md explains them).
 lint: setup
-	$(BIN)/ruff check service models training tests loadtest
+	$(BIN)/ruff check service models training cli bench tests loadtest
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: setup lint test-deps
 	$(BIN)/pytest -q tests

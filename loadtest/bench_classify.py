@@ -3,12 +3,12 @@
     .venv/bin/python loadtest/bench_classify.py --repo model_repository --out docs/benchmarks
     .venv/bin/python loadtest/bench_classify.py --url http://127.0.0.1:8000 --repo model_repository  # running service
 
-The code lives in service/bench/ so that the installed `seqserve` command has it too.
+The code lives in the `bench` package so that the installed `seqserve` command has it too.
 """
 
 import sys
 
-from service.cli import main
+from cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["bench", "classify", *sys.argv[1:]]))

@@ -17,10 +17,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.repository import read_config, resolve_version_dir  # noqa: E402
-from service.runtime import SessionOptions  # noqa: E402
-from service.text import BOS_ID  # noqa: E402
-from service.translator import TranslatorRuntime  # noqa: E402
+from service.engine.repository import read_config, resolve_version_dir  # noqa: E402
+from service.engine.sessions import SessionOptions  # noqa: E402
+from service.engine.text import BOS_ID  # noqa: E402
+from service.engine.translator import TranslatorRuntime  # noqa: E402
 from training.recipes import multi30k  # noqa: E402
 
 

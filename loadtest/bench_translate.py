@@ -3,12 +3,12 @@
     .venv/bin/python loadtest/bench_translate.py --repo model_repository --out docs/benchmarks
     .venv/bin/python loadtest/bench_translate.py --repo model_repository --modes continuous,static --beam-size 1
 
-The code lives in service/bench/ so that the installed `seqserve` command has it too.
+The code lives in the `bench` package so that the installed `seqserve` command has it too.
 """
 
 import sys
 
-from service.cli import main
+from cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["bench", "translate", *sys.argv[1:]]))

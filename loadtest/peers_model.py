@@ -28,8 +28,8 @@ from tokenizers.models import WordLevel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.runtime import ClassifierRuntime  # noqa: E402
-from service.text import SPECIAL_TOKENS, UNK  # noqa: E402
+from service.engine.classifier import ClassifierRuntime  # noqa: E402
+from service.engine.text import SPECIAL_TOKENS, UNK  # noqa: E402
 
 
 def load_module(path: Path) -> ModuleType:

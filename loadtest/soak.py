@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.bench.server import ServiceProcess  # noqa: E402
+from bench.server import ServiceProcess  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:

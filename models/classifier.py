@@ -15,8 +15,8 @@ POOLINGS = ("mean", "max", "last")
 
 @dataclass
 class ClassifierConfig:
-    vocab_size: int
-    num_classes: int
+    vocab_size: int = 8000  # training: the tokenizer's target size, then the size it reached
+    num_classes: int = 2  # training: set from the labels in the data
     cell: str = "lstm"
     emb_dim: int = 128
     hidden: int = 128

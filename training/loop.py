@@ -25,8 +25,8 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from service.engine.text import SPECIAL_TOKENS
 from service.errors import UserError
-from service.text import SPECIAL_TOKENS
 
 log = logging.getLogger("seqserve.train")
 
@@ -114,6 +114,7 @@ class History:
 class Dist:
     rank: int = 0
     world: int = 1
+    device: str = "cpu"  # this process's device: cuda:LOCAL_RANK under torchrun on GPUs
 
     @property
     def main(self) -> bool:
@@ -133,25 +134,41 @@ class Dist:
 
 
 def init_distributed(device: str) -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1; one thread per process on CPU."""
+    """This process's place: its device, and under torchrun (WORLD_SIZE > 1) its rank in the process group
+    (NCCL on GPUs, gloo on CPU; one thread per process on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if device == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def resolve_device(name: str, rank: int = 0) -> torch.device:
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    name = rank_device(device, local_rank, world, torch.cuda.device_count() if device.startswith("cuda") else 0)
     if name.startswith("cuda"):
-        if not torch.cuda.is_available():
+        torch.cuda.set_device(torch.device(name))  # before NCCL starts: each rank on its own GPU
+    if world == 1:
+        return Dist(device=name)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if name.startswith("cuda") else "gloo")
+    if name == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return Dist(dist.get_rank(), dist.get_world_size(), name)
+
+
+def rank_device(name: str, local_rank: int, world: int, cuda_devices: int) -> str:
+    """The device of the process with this LOCAL_RANK: under torchrun `cuda:LOCAL_RANK` of the node's GPUs, alone
+    `cuda` (or the `cuda:N` asked for), or the CPU."""
+    if name.startswith("cuda"):
+        if cuda_devices < 1:
             raise UserError("--device cuda was asked for but no CUDA device is available")
-        return torch.device(f"cuda:{rank % torch.cuda.device_count()}")
+        index = name.removeprefix("cuda").removeprefix(":")
+        if world == 1 and index.isdigit() and int(index) < cuda_devices:
+            return f"cuda:{index}"
+        if name != "cuda":
+            raise UserError(f"--device {name!r}: give cuda (under torchrun each process takes the GPU of its "
+                            f"LOCAL_RANK), or cuda:N with N below {cuda_devices}")
+        if local_rank >= cuda_devices:
+            raise UserError(f"process with LOCAL_RANK {local_rank} has no GPU of its own ({cuda_devices} visible); "
+                            "start at most one process per GPU (torchrun --nproc-per-node)")
+        return f"cuda:{local_rank}"
     if name != "cpu":
         raise UserError(f"--device must be cpu or cuda, got {name!r}")
-    return torch.device("cpu")
+    return "cpu"
 
 
 def seed_everything(seed: int) -> None:
@@ -190,11 +207,12 @@ def check_same_model(work_dir: Path, model: dict[str, Any]) -> None:
 def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dist,
         resume: bool = False) -> History:
     """Train until early stopping; the best weights end in work_dir/best.safetensors."""
-    device = resolve_device(cfg.device, env.rank)
+    device = torch.device(env.device)
     model.to(device)
     wrapped: nn.Module = model
     if env.world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index else None)
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=None if device.index is None
+                                                      else [device.index])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history, start_epoch = History(), 0
     state_path = work_dir / CHECKPOINT

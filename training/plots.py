@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.translator import Translation
+from service.engine.translator import Translation
 
 
 def plot_attention_maps(translations: Sequence[Translation], out_dir: Path) -> list[Path]:

@@ -13,9 +13,11 @@ from typing import Any
 
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
+from service.engine.kinds import load_runtime
+from service.engine.repository import next_version, read_config, resolve_version_dir, write_json
 from service.errors import UserError
-from service.repository import next_version, read_config, resolve_version_dir, write_json
 from training.evaluate import evaluate_version, load_eval_data
+from training.kinds import TOOLS
 from training.repo_writer import VersionWriter, invocation, package_versions, stale_data
 
 log = logging.getLogger("seqserve.quantize")
@@ -74,14 +76,14 @@ def _quantize_graphs(source: Path, target: Path, config: dict[str, Any]) -> None
 def evaluate_like_source(source: Path, target: Path, config: dict[str, Any]) -> None:
     """metrics.json for the int8 version on the splits the source has figures for, never copied from fp32.
 
-    Only classifiers, and only when the recorded training data can be loaded again unchanged; otherwise one
-    line says to run `seqserve evaluate`.
+    Only kinds whose evaluation is cheap (`evaluate_after_quantize`), and only when the recorded training data
+    can be loaded again unchanged; otherwise one line says to run `seqserve evaluate`.
     """
     path = source / "metrics.json"
     if not path.is_file():
         return
     hint = f"run `seqserve evaluate {target}` for the int8 version's figures"
-    if config["kind"] != "classifier":  # beam search over a test set: left to the user
+    if not TOOLS[config["kind"]].evaluate_after_quantize:  # e.g. beam search over a test set: left to the user
         log.info("%s: not evaluated; %s", target, hint)
         return
     recorded = json.loads(path.read_text())
@@ -101,19 +103,14 @@ def evaluate_like_source(source: Path, target: Path, config: dict[str, Any]) -> 
         except UserError as exc:  # e.g. a recipe whose package is gone, or labels the model does not know
             log.info("%s: not evaluated (%s); %s", target, exc, hint)
             return
-        log.info("%s %s: accuracy %.4f", target, split, figures["accuracy"])
+        summary = {k: round(v, 4) for k, v in figures.items() if isinstance(v, int | float)}
+        log.info("%s %s: %s", target, split, json.dumps(summary))
 
 
 def _runs(version_dir: Path, config: dict[str, Any]) -> bool:
     """One real inference through the quantized graphs."""
-    from service.runtime import ClassifierRuntime
-    from service.translator import DecodeOptions, TranslatorRuntime
-
     try:
-        if config["kind"] == "classifier":
-            ClassifierRuntime(version_dir, config).predict(["a short check", "x"])
-        else:
-            TranslatorRuntime(version_dir, config).translate(["a short check", "x"], DecodeOptions(beam_size=2))
+        load_runtime(version_dir, config).smoke_test()
     except Exception as exc:  # onnxruntime raises its own types for invalid graphs
         log.info("quantized graphs failed a check run: %s", str(exc).splitlines()[0])
         return False

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from service.engine.repository import next_version, read_config, valid_name, write_json
 from service.errors import UserError
-from service.repository import next_version, read_config, valid_name, write_json
 from training.recipes import RECIPE_PACKAGES, recipe_files
 
 LIBRARIES = ("torch", "onnx", "onnxruntime", "tokenizers", "numpy", "sacrebleu", "seqserve")

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.seq2seq import Seq2Seq, Seq2SeqConfig
-from service.decoding import TOP_K_INPUT, TOP_K_OUTPUTS
-from service.text import BOS_ID, EOS_ID, PAD_ID
+from service.engine.decoding import TOP_K_INPUT, TOP_K_OUTPUTS
+from service.engine.text import BOS_ID, EOS_ID, PAD_ID
 
 OPSET = 17
 PARITY_TOL = 1e-4

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from service.text import SPECIAL_TOKENS
+from service.engine.text import SPECIAL_TOKENS
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, lowercase: bool = False) -> Tokenizer:

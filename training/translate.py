@@ -1,46 +1,39 @@
-"""Translator training and evaluation: pairs -> subword tokenizers -> Seq2Seq -> fit -> ONNX -> BLEU/chrF."""
+"""Translator training and evaluation: pairs -> subword tokenizers -> Seq2Seq -> fit (the shared job) -> ONNX ->
+BLEU/chrF."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_model
 from torch import Tensor, nn
 
 from models.seq2seq import Seq2Seq, Seq2SeqConfig, greedy_decode
-from service.decoding import max_output_length
+from service.engine.decoding import max_output_length
+from service.engine.repository import read_config
+from service.engine.text import BOS_ID, PAD_ID, TextEncoder
+from service.engine.translator import DecodeOptions, TranslatorRuntime
 from service.errors import UserError
-from service.text import BOS_ID, EOS_ID, PAD_ID, TextEncoder
 from training.batching import bucket_batches, to_tensors
 from training.data import DataError, Pair, filter_pairs, random_split, read_parallel_files, read_parallel_table
-from training.evaluate import evaluate_version
-from training.export import export_run
-from training.loop import (
-    MIN_VOCAB_SIZE,
-    Batch,
-    TrainConfig,
-    check_at_least,
-    check_fraction,
-    check_same_model,
-    check_split,
-    fit,
-    init_distributed,
-    prepare_work_dir,
-    seed_everything,
-)
+from training.kind import Built, KindTools, Splits
+from training.loop import MIN_VOCAB_SIZE, Batch, TrainConfig, check_at_least, check_fraction, check_split
 from training.recipes import multi30k
-from training.repo_writer import VersionWriter, data_provenance, save_run_spec
+from training.repo_writer import VersionWriter
+from training.seq2seq_export import export_seq2seq
 from training.tokenizer import train_tokenizer
 
 log = logging.getLogger("seqserve.train")
 Encoded = tuple[list[int], list[int]]  # (source ids + EOS, target ids + EOS)
 SIZE_OPTIONS = {"emb_dim": "emb_dim", "enc_hidden": "hidden", "enc_layers": "layers", "dec_hidden": "dec_hidden",
                 "dec_layers": "dec_layers"}  # Seq2SeqConfig field -> CLI option
+TOKENIZERS = ("source_tokenizer.json", "target_tokenizer.json")
 
 
 @dataclass
@@ -87,11 +80,13 @@ class ParallelData:
 
 @dataclass
 class TranslatorJob:
+    """A translator's training job. `model` is built once from the options (`src_vocab`/`tgt_vocab` are the
+    tokenizers' target size); the tokenizers decide the vocabulary sizes the model gets."""
+
     data: ParallelData
     out: Path
-    model: dict[str, Any] = field(default_factory=dict)  # Seq2SeqConfig fields other than vocab sizes
+    model: Seq2SeqConfig = field(default_factory=lambda: Seq2SeqConfig(src_vocab=8000, tgt_vocab=8000))
     train: TrainConfig = field(default_factory=TrainConfig)
-    vocab_size: int = 8000
     shared_vocab: bool = True
     max_length: int = 128
     label_smoothing: float = 0.1
@@ -100,25 +95,51 @@ class TranslatorJob:
     version: int | None = None
     work_dir: Path | None = None
     resume: bool = False
+    kind = "translator"
 
     def __post_init__(self) -> None:
-        check_at_least(MIN_VOCAB_SIZE, vocab_size=self.vocab_size)
+        check_at_least(MIN_VOCAB_SIZE, vocab_size=self.model.src_vocab)
         check_at_least(1, max_length=self.max_length,
-                       **{option: self.model[key] for key, option in SIZE_OPTIONS.items() if key in self.model})
-        check_fraction(label_smoothing=self.label_smoothing, **{k: v for k, v in self.model.items() if k == "dropout"})
+                       **{option: getattr(self.model, key) for key, option in SIZE_OPTIONS.items()})
+        check_fraction(label_smoothing=self.label_smoothing, dropout=self.model.dropout)
         if not 0.0 <= self.teacher_forcing <= 1.0:
             raise UserError(f"--teacher-forcing is a probability (0 to 1), got {self.teacher_forcing}")
-        self._check_model_options()
-
-    def _check_model_options(self) -> None:
-        """Seq2SeqConfig's own rules, before any data is read (the vocabulary size stands in for the tokenizers'),
-        plus the one it cannot see: shared embeddings need the shared vocabulary."""
-        try:
-            Seq2SeqConfig(src_vocab=self.vocab_size, tgt_vocab=self.vocab_size, **self.model)
-        except ValueError as exc:
-            raise UserError(f"model options: {exc}") from None
-        if self.model.get("share_embeddings") and not self.shared_vocab:
+        if self.model.share_embeddings and not self.shared_vocab:
             raise UserError("--share-embeddings needs the shared vocabulary; drop --separate-vocab")
+
+    def load(self) -> Splits:
+        return Splits(*self.data.load())
+
+    def tokenizers_ready(self, work_dir: Path) -> bool:
+        return all((work_dir / name).is_file() for name in TOKENIZERS)
+
+    def train_tokenizers(self, train: list[Pair], work_dir: Path) -> None:
+        src_path, tgt_path = (work_dir / name for name in TOKENIZERS)
+        size = self.model.src_vocab
+        if self.shared_vocab:
+            shared = train_tokenizer([p.src for p in train] + [p.tgt for p in train], size)
+            shared.save(str(src_path))
+            shared.save(str(tgt_path))
+        else:
+            train_tokenizer((p.src for p in train), size).save(str(src_path))
+            train_tokenizer((p.tgt for p in train), size).save(str(tgt_path))
+
+    def build(self, splits: Splits, work_dir: Path, device: str, main: bool) -> Built:
+        source, target = (TextEncoder.load(work_dir / name, self.max_length) for name in TOKENIZERS)
+
+        def encode(pairs: list[Pair]) -> list[Encoded]:
+            srcs = source.ids([p.src for p in pairs], add_eos=True)
+            tgts = target.ids([p.tgt for p in pairs], add_eos=True)
+            return list(zip(srcs, tgts, strict=True))
+
+        cfg = replace(self.model, src_vocab=source.vocab_size, tgt_vocab=target.vocab_size)
+        model = Seq2Seq.from_config(cfg)
+        task = TranslatorTask(encode(splits.train), encode(splits.valid), target, self, torch.device(device))
+        summary = (f"training {cfg.cell} translator ({cfg.attention} attention) on {len(splits.train)} pairs "
+                   f"({len(splits.valid)} valid, {len(splits.test)} test), vocab {source.vocab_size}/"
+                   f"{target.vocab_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+        return Built(model, cfg.to_dict(), task, summary, spec={"max_length": self.max_length, "source_eos": True},
+                     record={"label_smoothing": self.label_smoothing, "teacher_forcing": self.teacher_forcing})
 
 
 class TranslatorTask:
@@ -170,71 +191,22 @@ class TranslatorTask:
         return {"score": bleu, "bleu_greedy": bleu, "loss": loss / max(tokens, 1)}
 
 
-def _tokenizers(job: TranslatorJob, train: list[Pair], work_dir: Path) -> tuple[Path, Path]:
-    src_path, tgt_path = work_dir / "source_tokenizer.json", work_dir / "target_tokenizer.json"
-    if job.resume and src_path.is_file() and tgt_path.is_file():
-        return src_path, tgt_path
-    if job.shared_vocab:
-        texts = [p.src for p in train] + [p.tgt for p in train]
-        shared = train_tokenizer(texts, job.vocab_size)
-        shared.save(str(src_path))
-        shared.save(str(tgt_path))
-    else:
-        train_tokenizer((p.src for p in train), job.vocab_size).save(str(src_path))
-        train_tokenizer((p.tgt for p in train), job.vocab_size).save(str(tgt_path))
-    return src_path, tgt_path
-
-
-def train_translator(job: TranslatorJob) -> Path | None:
-    """Train, export, evaluate with beam search; returns the new version folder (on the main process)."""
-    env = init_distributed(job.train.device)
-    work_dir = job.work_dir or Path("runs") / job.out.name
-    prepare_work_dir(work_dir, job.resume)
-    train, valid, test = job.data.load()
-    if env.main:
-        _tokenizers(job, train, work_dir)
-    env.barrier()
-    source = TextEncoder.load(work_dir / "source_tokenizer.json", job.max_length)
-    target = TextEncoder.load(work_dir / "target_tokenizer.json", job.max_length)
-
-    def encode(pairs: list[Pair]) -> list[Encoded]:
-        srcs = source.ids([p.src for p in pairs], add_eos=True)
-        tgts = target.ids([p.tgt for p in pairs], add_eos=True)
-        return list(zip(srcs, tgts, strict=True))
-
-    seed_everything(job.train.seed)
-    cfg = Seq2SeqConfig(src_vocab=source.vocab_size, tgt_vocab=target.vocab_size, **job.model)
+def export_run_files(spec: dict[str, Any], work_dir: Path, writer: VersionWriter,
+                     sample_texts: Sequence[str]) -> dict[str, Any]:
+    """The encoder and decoder-step graphs (checked against PyTorch) and the tokenizers, for config.json."""
+    cfg = Seq2SeqConfig.from_dict(spec["model"])
     model = Seq2Seq.from_config(cfg)
-    device = torch.device("cuda" if job.train.device.startswith("cuda") else "cpu")
-    task = TranslatorTask(encode(train), encode(valid), target, job, device)
-    if job.resume:
-        check_same_model(work_dir, cfg.to_dict())
-        env.barrier()  # every process has read model.json before the main one rewrites it
-    if env.main:
-        log.info("training %s translator (%s attention) on %d pairs (%d valid, %d test), vocab %d/%d, "
-                 "%.1fM parameters", cfg.cell, cfg.attention, len(train), len(valid), len(test), source.vocab_size,
-                 target.vocab_size, sum(p.numel() for p in model.parameters()) / 1e6)
-        save_run_spec(work_dir, kind="translator", model=cfg.to_dict(), max_length=job.max_length, source_eos=True,
-                      provenance=data_provenance(job.data.source, job.data, len(train), len(valid), len(test)))
-    history = fit(model, task, job.train, work_dir, env, resume=job.resume)
-    if not env.main:
-        return None
-    version_dir = export_run(work_dir, job.out, job.version,
-                             training={**vars(job.train), "label_smoothing": job.label_smoothing,
-                                       "teacher_forcing": job.teacher_forcing, "best_epoch": history.best_epoch + 1,
-                                       "history": history.epochs})
-    evaluate_version(version_dir, test, split="test")
-    VersionWriter(version_dir).write_card()
-    return version_dir
+    load_model(model, str(work_dir / "best.safetensors"))
+    writer.copy(work_dir / "source_tokenizer.json", "source_tokenizer.json")
+    writer.copy(work_dir / "target_tokenizer.json", "target_tokenizer.json")
+    interface = export_seq2seq(model.eval(), cfg, writer.path)
+    return {**interface, "tokenizers": {"source": "source_tokenizer.json", "target": "target_tokenizer.json"}}
 
 
 def evaluate_translator(version_dir: Path, pairs: Sequence[Pair], beam_size: int = 5, plot_attention: int = 0,
                         batch_size: int = 64) -> dict[str, Any]:
     """BLEU and chrF (sacrebleu, detokenized) of beam search and of greedy decoding through the ONNX graphs."""
     import sacrebleu
-
-    from service.repository import read_config
-    from service.translator import DecodeOptions, TranslatorRuntime
 
     runtime = TranslatorRuntime(version_dir, read_config(version_dir))
     refs = [p.tgt for p in pairs]
@@ -285,4 +257,5 @@ def load_eval_pairs(config: dict[str, Any], args: Any) -> list[Pair]:
     return splits[args.split]
 
 
-__all__ = ["EOS_ID", "ParallelData", "TranslatorJob", "evaluate_translator", "load_eval_pairs", "train_translator"]
+TOOLS = KindTools(export=export_run_files, evaluate=evaluate_translator, eval_data=load_eval_pairs,
+                  eval_options=("beam_size", "plot_attention"))

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from service.bench.server import free_port, stop_process
+from bench.server import free_port, stop_process
 from tests.deploy.conftest import DEPLOY, dashboard_queries, template_variables, tool
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"

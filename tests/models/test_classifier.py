@@ -5,7 +5,7 @@ import torch
 
 from models.classifier import ClassifierConfig, RNNClassifier
 from models.reference import run_rnn
-from training.export import ExportError, check_classifier, export_classifier
+from training.classifier_export import ExportError, check_classifier, export_classifier
 
 SEQS = [[5, 9, 13], [7, 8, 9, 10, 11, 12, 13], [4], [20, 21, 22, 23, 24]]
 

@@ -21,8 +21,8 @@ from models.reference import (
     rnn_cell,
     run_rnn,
 )
-from service.text import pad_batch
-from training.export import export_classifier
+from service.engine.text import pad_batch
+from training.classifier_export import export_classifier
 
 TORCH_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 INPUT_SIZE, HIDDEN_SIZE = 3, 4

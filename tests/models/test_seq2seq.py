@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.seq2seq import Attention, Seq2Seq, Seq2SeqConfig, greedy_decode
-from service.text import BOS_ID, EOS_ID, PAD_ID
+from service.engine.text import BOS_ID, EOS_ID, PAD_ID
 
 V_SRC, V_TGT = 23, 19
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.fixtures import ProcessServer
-from tests.service.test_api import NEGATIVE, POSITIVE, burst, classify, metric
+from tests.service.api.test_api import NEGATIVE, POSITIVE, burst, classify, metric
 
 
 def slow(model, seconds: float, calls: list[int] | None = None):  # type: ignore[no-untyped-def]
@@ -199,7 +199,7 @@ def test_sigterm_during_a_burst_answers_every_accepted_request(repo, tmp_path):
 
 
 def test_heap_frozen_while_serving_and_a_retired_version_is_released(make_server):
-    """service.manager.settle_heap: long-lived objects are frozen after start-up, yet the objects of a version
+    """service.serving.manager.settle_heap: long-lived objects are frozen after start-up, yet the objects of a version
     that was replaced or unloaded are freed once it has drained (not pinned in the frozen generation)."""
     server = make_server(enable_model_control=True)
     assert gc.get_freeze_count() > 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.fixtures import ProcessServer
-from tests.service.test_api import NEGATIVE, POSITIVE, metric
+from tests.service.api.test_api import NEGATIVE, POSITIVE, metric
 
 TEXTS = [POSITIVE, NEGATIVE] * 16  # 32 texts a request, so a request is real work
 RSS_BOUND_MB = 300

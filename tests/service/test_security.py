@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.engine.repository import valid_name
 from service.errors import UserError
-from service.repository import valid_name
 from service.settings import load_settings
 from tests.fixtures import ProcessServer
-from tests.service.test_api import POSITIVE
+from tests.service.api.test_api import POSITIVE
 
 CLASSIFY = {"model": "reviews", "texts": [POSITIVE]}
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from service.repository import read_config
+from service.engine.repository import read_config
 from tests.conftest import BAD, FILLER, GOOD
 from tests.training.test_train_cli import TINY, seqserve
 from training.data import DataError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.repository import read_config, write_json
+from service.engine.repository import read_config, write_json
 from training.quantize import quantize_version
 
 FP32_FIGURES = {"test": {"accuracy": 0.123, "macro_f1": 0.123, "examples": 7}}  # not what the int8 graph scores

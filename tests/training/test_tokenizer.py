@@ -1,4 +1,4 @@
-from service.text import EOS_ID, PAD_ID, TextEncoder, pad_batch
+from service.engine.text import EOS_ID, PAD_ID, TextEncoder, pad_batch
 from training.tokenizer import train_tokenizer
 
 CORPUS = ["The film is great.", "A dull, tedious movie!", "我喜欢这部电影", "Un film très émouvant.",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.repository import read_config
-from service.runtime import ClassifierRuntime
+from service.engine.classifier import ClassifierRuntime
+from service.engine.repository import read_config
 from tests.conftest import synthetic_reviews, write_csv
 
 BIN = Path(sys.executable).parent

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.repository import read_config
+from service.engine.repository import read_config
 from tests.conftest import synthetic_pairs, write_tsv
 from tests.training.test_train_cli import seqserve
 from training.data import DataError

@@ -1,0 +1,81 @@
+"""FastAPI dependencies: the app's state objects and the API-key checks.
+
+All are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
+dependency per request, which on the hot path cost more than the model itself."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import UserError
+from service.metrics import Metrics
+from service.serving.manager import ModelManager
+from service.settings import Settings
+
+
+class Unauthorized(UserError):
+    """401: a key is configured and the request did not present it."""
+
+
+class Forbidden(UserError):
+    """403: the endpoint is disabled by configuration."""
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_settings(request: Request) -> Settings:
+    return _settings(request)
+
+
+async def get_manager(request: Request) -> ModelManager:
+    manager: ModelManager = request.app.state.manager
+    return manager
+
+
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+def _presented_key(headers: Mapping[str, str]) -> str:
+    """The key from `Authorization: Bearer KEY` or `X-API-Key` (headers keyed in lower case)."""
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return headers.get("x-api-key", "")
+
+
+def key_matches(headers: Mapping[str, str], expected: str) -> bool:
+    """Constant-time comparison of the presented key with the expected one."""
+    return hmac.compare_digest(_presented_key(headers).encode(), expected.encode())
+
+
+def _check_key(request: Request, expected: str) -> None:
+    if not key_matches(request.headers, expected):
+        raise Unauthorized("missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')")
+
+
+async def require_inference_key(request: Request) -> None:
+    key = _settings(request).api_key
+    if key:
+        _check_key(request, key)
+
+
+async def require_control_key(request: Request) -> None:
+    settings = _settings(request)
+    if not settings.model_control_enabled:
+        raise Forbidden("model control is disabled; set SEQSERVE_CONTROL_API_KEY or SEQSERVE_ENABLE_MODEL_CONTROL")
+    if settings.control_api_key:
+        _check_key(request, settings.control_api_key)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,197 @@
+"""The translator's API: POST /v1/translate and /v1/translate/stream (Server-Sent Events), their bodies, and
+the decoding options of v2 `parameters`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.api.body import body_doc, deadline_from, read_json
+from service.api.deps import require_inference_key
+from service.api.errors import RESPONSES
+from service.api.kind import ApiKind
+from service.engine.translator import DecodeOptions, Translation
+from service.metrics import Metrics
+from service.serving.inference import InvalidInput, check_texts, run_texts
+from service.settings import Settings
+
+log = logging.getLogger("seqserve.inference")
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"model": "en-de", "texts": ["A man is riding a bike."], "beam_size": 4,
+                      "return_attention": False}]})
+
+    model: str | None = Field(None, description="model name; optional when one translator is loaded")
+    texts: list[str] = Field(..., min_length=1)
+    beam_size: int | None = Field(None, ge=1, description="1 = greedy; at most the server's max_beam_size")
+    max_length: int | None = Field(None, ge=1, description="most target tokens; at most max_output_tokens")
+    length_penalty: float | None = Field(None, ge=0.0, le=5.0)
+    return_attention: bool = False
+
+
+class TranslateStreamRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"model": "en-de", "text": "Two dogs play in the snow.", "beam_size": 1}]})
+
+    model: str | None = Field(None, description="model name; optional when one translator is loaded")
+    text: str = Field(..., description="one text; tokens arrive as Server-Sent Events")
+    beam_size: int | None = Field(None, ge=1, description="1 streams token by token; a beam streams once certain")
+    max_length: int | None = Field(None, ge=1)
+    length_penalty: float | None = Field(None, ge=0.0, le=5.0)
+
+
+class TranslateResult(BaseModel):
+    translation: str
+    score: float
+    source_tokens: list[str] | None = None
+    target_tokens: list[str] | None = None
+    attention: list[list[float]] | None = Field(None, description="rows: target tokens, columns: source tokens")
+
+
+class TranslateResponse(BaseModel):
+    model: str
+    version: int
+    results: list[TranslateResult]
+
+
+def decode_options(body: TranslateRequest | TranslateStreamRequest, settings: Settings) -> DecodeOptions:
+    beam = body.beam_size if body.beam_size is not None else settings.default_beam_size
+    if beam > settings.max_beam_size:
+        raise InvalidInput(f"beam_size {beam} exceeds max_beam_size={settings.max_beam_size}")
+    max_tokens = body.max_length if body.max_length is not None else settings.max_output_tokens
+    if max_tokens > settings.max_output_tokens:
+        raise InvalidInput(f"max_length {max_tokens} exceeds max_output_tokens={settings.max_output_tokens}")
+    options = DecodeOptions(beam_size=beam, max_tokens=max_tokens)
+    if body.length_penalty is not None:
+        options = DecodeOptions(beam, body.length_penalty, options.max_len_a, options.max_len_b, max_tokens)
+    return options
+
+
+def translation_result(t: Translation, with_attention: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {"translation": t.text, "score": t.score}
+    if with_attention:
+        result.update(source_tokens=t.source_tokens, target_tokens=t.target_tokens,
+                      attention=[] if t.attention is None else t.attention.round(5).tolist())
+    return result
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_inference_key)], responses=RESPONSES)
+
+
+@router.post("/translate", response_model=TranslateResponse, response_model_exclude_none=True,
+             summary="Translate texts", openapi_extra=body_doc(TranslateRequest))
+async def translate(request: Request) -> dict[str, Any]:
+    """Beam search (or greedy with beam_size 1); attention weights on request."""
+    body = await read_json(request, TranslateRequest)
+    state = request.app.state
+    settings: Settings = state.settings
+    model = state.manager.get(body.model, kind="translator")
+    request.state.model = model.name
+    texts = check_texts(body.texts, settings)
+    options = decode_options(body, settings)
+    results = await run_texts(model, texts, options, deadline_from(request, settings), request.receive,
+                              log_texts=settings.log_texts)
+    state.metrics.tokens.labels(model.name, "output").inc(sum(len(t.target_ids) for t in results))
+    return {"model": model.name, "version": model.version,
+            "results": [translation_result(t, body.return_attention) for t in results]}
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+@router.post("/translate/stream", summary="Translate one text, streaming tokens as Server-Sent Events",
+             response_class=StreamingResponse,
+             openapi_extra=body_doc(TranslateStreamRequest),
+             responses={200: {"content": {"text/event-stream": {"example": (
+                 'event: token\ndata: {"index": 0, "token_id": 412, "text": "Zwei"}\n\n'
+                 'event: done\ndata: {"translation": "Zwei Hunde spielen im Schnee.", "score": -0.4}\n\n')}}}})
+async def translate_stream(request: Request) -> StreamingResponse:
+    """`token` events carry certain tokens as decoded (greedy: each step; beam: once every candidate agrees);
+    a final `done` event carries the full result, or an `error` event says what failed."""
+    body = await read_json(request, TranslateStreamRequest)
+    state = request.app.state
+    settings: Settings = state.settings
+    model = state.manager.get(body.model, kind="translator")
+    request.state.model = model.name
+    text = check_texts([body.text], settings)[0]
+    options = decode_options(body, settings)
+    deadline = deadline_from(request, settings)
+    model.queue.check(1)
+    if settings.log_texts:
+        log.info("stream text for %s: %r", model.name, text)
+    items, lengths = model.prepare([text], options)
+    updates: asyncio.Queue[list[int]] = asyncio.Queue()
+    (future,) = model.queue.submit(items, lengths, deadline, on_tokens=updates.put_nowait)
+    return StreamingResponse(_events(model, future, updates, state.metrics), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class TokenStream:
+    """Turns growing lists of certain target ids into one `token` event per new token."""
+
+    def __init__(self, target: Any) -> None:
+        self.target, self.sent, self.shown = target, 0, ""
+
+    def events(self, tokens: list[int]) -> list[bytes]:
+        out = []
+        for index in range(self.sent, len(tokens)):
+            text = self.target.decode(tokens[: index + 1])
+            complete = text.startswith(self.shown) and not text.endswith("\ufffd")  # hold back split UTF-8
+            delta = text[len(self.shown):] if complete else ""
+            self.shown += delta
+            out.append(sse("token", {"index": index, "token_id": tokens[index], "text": delta}))
+        self.sent = max(self.sent, len(tokens))
+        return out
+
+
+async def _events(model: Any, future: asyncio.Future[Translation], updates: asyncio.Queue[list[int]],
+                  metrics: Metrics) -> AsyncIterator[bytes]:
+    stream = TokenStream(model.runtime.target)
+    try:
+        while not future.done() or not updates.empty():
+            getter: asyncio.Future[list[int]] = asyncio.ensure_future(updates.get())
+            waiting: list[asyncio.Future[Any]] = [getter, future]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            for event in stream.events(getter.result()):
+                yield event
+        try:
+            result = future.result()
+        except Exception as exc:  # deadline, shutdown or a failed step: say so in the stream
+            yield sse("error", {"error": str(exc) or type(exc).__name__})
+            return
+        for event in stream.events(result.target_ids):
+            yield event
+        metrics.tokens.labels(model.name, "output").inc(len(result.target_ids))
+        yield sse("done", {"model": model.name, "version": model.version, "translation": result.text,
+                           "score": result.score, "target_tokens": result.target_tokens})
+    finally:
+        if not future.done():
+            future.cancel()  # the client left: the scheduler frees its rows at the next iteration
+
+
+def v2_options(params: dict[str, Any], settings: Settings) -> DecodeOptions:
+    """Decoding options from the v2 parameters beam_size, max_length and length_penalty (as in /v1/translate)."""
+    given = {k: params[k] for k in ("beam_size", "max_length", "length_penalty") if k in params}
+    try:
+        request = TranslateRequest.model_validate({"texts": ["-"], **given}, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(f"parameters.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return decode_options(request, settings)
+
+
+KIND = ApiKind("translator", router, v1_paths=("/v1/translate", "/v1/translate/stream"), v2_options=v2_options,
+               bodies=(TranslateRequest, TranslateStreamRequest))

@@ -1,0 +1,32 @@
+"""The serving layer's registry of model kinds: `config.json`'s `kind` -> its served model class.
+
+Adding a kind: a `ServedModel` subclass beside this one and one line in `SERVED`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from service.engine.sessions import SessionOptions
+from service.serving.classifier import ServedClassifier
+from service.serving.served import ServedModel
+from service.serving.translator import ServedTranslator
+from service.settings import Settings
+
+SERVED: dict[str, type[ServedModel]] = {
+    "classifier": ServedClassifier,
+    "translator": ServedTranslator,
+}
+
+
+def build_model(name: str, version_dir: Path, config: dict[str, Any], settings: Settings) -> ServedModel:
+    """Create sessions and warm up (blocking: call it off the event loop)."""
+    needed = [*config["graphs"].values(), *config["tokenizers"].values()]
+    missing = sorted({name for name in needed if not (version_dir / name).is_file()})
+    if missing:
+        raise FileNotFoundError(f"missing {', '.join(missing)}")
+    opts = SessionOptions(settings.device, settings.intra_op_threads, settings.graph_optimization,
+                          settings.intra_op_spinning)
+    model = SERVED[config["kind"]](name, version_dir, config, opts)
+    model.warm_up()
+    return model

@@ -1,0 +1,67 @@
+"""A model version as served: the contract every kind's served model keeps (`ServedModel`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.batching.queue import WorkQueue
+from service.engine.sessions import SessionOptions
+from service.metrics import Metrics
+from service.settings import Settings
+
+WARMUP_TEXTS = ["warm up", "a slightly longer text to warm up the graph with more steps"]
+
+
+@dataclass
+class Output:
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ServedModel:
+    """What the request path, the manager and the v2 routes need of a served model version, whatever its kind.
+
+    A kind subclasses it once (`service/serving/<kind>.py`) and registers the class in `service/serving/kinds.py`.
+    `options` are the kind's per-request options (decoding settings for a translator, None for a classifier),
+    made by the kind's API module from the request body or the v2 parameters."""
+
+    kind: str
+    queue: WorkQueue
+    metrics: Metrics | None = None  # set by start()
+
+    def __init__(self, name: str, version_dir: Path, config: dict[str, Any], opts: SessionOptions) -> None:
+        self.name, self.version_dir, self.config = name, version_dir, config
+        self.version = int(version_dir.name)
+
+    @property
+    def provider(self) -> str:
+        raise NotImplementedError
+
+    def start(self, settings: Settings, metrics: Metrics) -> None:
+        """Create the work queue (needs the running event loop)."""
+        raise NotImplementedError
+
+    def prepare(self, texts: Sequence[str], options: Any) -> tuple[list[Any], list[int]]:
+        """What to queue for each text, and the length the queue groups it by."""
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        raise NotImplementedError
+
+    def v2_inputs(self) -> list[dict[str, Any]]:
+        return [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+
+    def v2_outputs(self) -> list[Output]:
+        raise NotImplementedError
+
+    def v2_tensors(self, results: Sequence[Any]) -> dict[str, tuple[list[Any], list[int]]]:
+        """Output name -> (flat data, shape) for a v2 infer response."""
+        raise NotImplementedError
+
+    def count_input_tokens(self, seqs: Sequence[Sequence[int]]) -> None:
+        if self.metrics is not None:
+            self.metrics.tokens.labels(self.name, "input").inc(sum(len(s) for s in seqs))

@@ -1,0 +1,67 @@
+"""What each model kind gives the shared training pipeline: a job (`Job`: data, tokenizers, model, task) and
+its version tools (`KindTools`: export, evaluation and its data). The registry is `training/kinds.py`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+
+from training.loop import Task, TrainConfig
+from training.repo_writer import VersionWriter
+
+
+@dataclass
+class Splits:
+    train: list[Any]
+    valid: list[Any]
+    test: list[Any]
+
+
+@dataclass
+class Built:
+    """A job's model, made from its config once the tokenizers exist, and what the run records about it."""
+
+    model: nn.Module
+    config: dict[str, Any]  # the model config as saved in model.json (the dataclass's to_dict())
+    task: Task
+    summary: str  # one log line: what is trained on what
+    spec: dict[str, Any] = field(default_factory=dict)  # more model.json fields (labels, max_length, ...)
+    record: dict[str, Any] = field(default_factory=dict)  # more of config.json's `training` record
+    export_texts: Sequence[str] = ()  # sample texts for the export's parity checks
+
+
+class Job(Protocol):
+    """One kind's training job, as the CLI builds it; `training.job.run_job` runs every kind's the same way."""
+
+    kind: str
+    data: Any  # has `source` and the settings that data_provenance records
+    out: Path
+    train: TrainConfig
+    version: int | None
+    work_dir: Path | None
+    resume: bool
+
+    def load(self) -> Splits: ...
+
+    def tokenizers_ready(self, work_dir: Path) -> bool: ...
+
+    def train_tokenizers(self, train: list[Any], work_dir: Path) -> None: ...
+
+    def build(self, splits: Splits, work_dir: Path, device: str, main: bool) -> Built: ...
+
+
+@dataclass(frozen=True)
+class KindTools:
+    """A kind's steps on a model version: export a run, evaluate through ONNX, find its evaluation data."""
+
+    export: Callable[[dict[str, Any], Path, VersionWriter, Sequence[str]], dict[str, Any]]
+    evaluate: Callable[..., dict[str, Any]]  # (version_dir, examples, **options) -> figures
+    eval_data: Callable[[dict[str, Any], Any], Sequence[Any]]  # (config, evaluate's options) -> examples
+    # quantize re-evaluates the int8 version on the recorded splits (cheap for a classifier; a beam-search
+    # test run of a translator is left to `seqserve evaluate`)
+    evaluate_after_quantize: bool = False
+    eval_options: tuple[str, ...] = ()  # the options of `seqserve evaluate` that `evaluate` takes
