@@ -37,7 +37,7 @@ def serve(settings: Settings) -> None:
     tune_interpreter(settings)
     config = uvicorn.Config(
         create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None, timeout_keep_alive=5,
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # a float works timeout_keep_alive=5,
         limit_concurrency=None, lifespan="on",
     )
     # uvicorn drains on SIGTERM, then re-raises the signal under the handler found at start; this one

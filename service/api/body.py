@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -34,18 +35,34 @@ async def read_json(request: Request, model: type[Body]) -> Body:
 
 
 def parse_json(raw: bytes, model: type[Body]) -> Body:
+    """UTF-8 JSON (RFC 8259: no other encoding, no NaN or Infinity) validated by `model`; anything else is the
+    client's mistake: 400 when it does not parse, 422 when it does not validate."""
     if not raw.strip():
         raise InvalidInput("body: a JSON object is required")
     try:
-        data = json.loads(raw)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedBody("malformed body: not valid UTF-8 JSON") from None
+    if "\x00" in text:  # never in JSON text; UTF-16 or UTF-32 without a byte-order mark
+        raise MalformedBody("malformed body: not valid UTF-8 JSON (it holds NUL bytes: UTF-16 or UTF-32?)")
+    try:
+        data = json.loads(text, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
-        raise MalformedBody(f"malformed JSON: {exc.msg} (at byte {exc.pos})") from None
-    except (UnicodeDecodeError, RecursionError):
-        raise MalformedBody("malformed body: not valid UTF-8 JSON, or nested too deeply") from None
+        raise MalformedBody(f"malformed JSON: {exc.msg} (at character {exc.pos})") from None
+    except RecursionError:
+        raise MalformedBody("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer past Python's digit limit, or NaN/Infinity
+        raise MalformedBody(f"malformed JSON: {str(exc).splitlines()[0]}") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidInput(describe(exc.errors())) from None
+    except RecursionError:
+        raise InvalidInput("body: nested too deeply") from None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def json_response(content: Any) -> Response:
@@ -66,8 +83,8 @@ def deadline_from(request: Request, settings: Settings, timeout_s: float | None 
         timeout_s = settings.default_timeout_s
     if timeout_s is None:
         return None
-    if timeout_s <= 0:
-        raise InvalidInput("the timeout must be positive")
+    if not 0 < timeout_s < math.inf:  # NaN fails too
+        raise InvalidInput("the timeout must be a positive, finite number")
     return time.monotonic() + timeout_s
 
 

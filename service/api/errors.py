@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.api.deps import Forbidden, Unauthorized
 from service.api.schemas import ErrorBody
@@ -37,7 +38,8 @@ class BodyTooLarge(UserError):
 STATUS: list[tuple[type[Exception], int]] = [
     (MalformedBody, 400), (UnsupportedMedia, 415), (InvalidInput, 422), (TooLarge, 413), (BodyTooLarge, 413),
     (Unauthorized, 401), (Forbidden, 403), (ModelNotFound, 404), (ModelNotReady, 503), (Refused, 503),
-    (DeadlineExceeded, 504), (RepositoryError, 404), (ClientGone, 499), (UserError, 400),
+    (DeadlineExceeded, 504), (RepositoryError, 404), (ClientGone, 499), (ClientDisconnect, 499),
+    (UserError, 400),
 ]
 FRAMEWORK_MESSAGES = {404: "no such endpoint", 405: "method not allowed"}
 

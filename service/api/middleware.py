@@ -115,7 +115,7 @@ class ServiceMiddleware:
         if encoding not in ("identity", ""):
             return 415, f"Content-Encoding {encoding!r} is not accepted; send an uncompressed body"
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+        if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > self.max_body_bytes):
             return 413, f"request body exceeds max_body_bytes={self.max_body_bytes}"
         return None
 

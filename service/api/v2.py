@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 
 from service.api.body import body_doc, deadline_from, is_json, json_response, media_type, parse_json
 from service.api.deps import ManagerDep, require_control_key, require_inference_key
@@ -87,12 +87,13 @@ INFER_VERSION_PATH = "/v2/models/{name}/versions/{number}/infer"
 async def infer(request: Request) -> Response:
     """v2 inference on a model (the path names it, and perhaps its version); every kind takes text in."""
     await require_inference_key(request)
+    raw = await request.body()  # first: the model is looked up once the body is in, so a reload loses nothing
     name, number = request.path_params["name"], request.path_params.get("number")
     state = request.app.state
     settings: Settings = state.settings
     model: ServedModel = state.manager.get(name, None if number is None else int(number))
     request.state.model = model.name
-    body = await parse_infer_request(request)
+    body = parse_infer_request(request, raw)
     texts = check_texts(_texts(body), settings)
     params = body.parameters or {}
     known = {o.name: o for o in model.v2_outputs()}
@@ -100,6 +101,8 @@ async def infer(request: Request) -> Response:
     unknown = [n for n in wanted if n not in known]
     if unknown:
         raise InvalidInput(f"unknown output(s) {unknown}; model {model.name!r} has {sorted(known)}")
+    if len(set(wanted)) != len(wanted):
+        raise InvalidInput("outputs: each output may be asked for once; an output was listed more than once")
     deadline = deadline_from(request, settings, _timeout_s(params))
     options = API_KINDS[model.kind].v2_options(params, settings)
     results = await run_texts(model, texts, options, deadline, request.receive, log_texts=settings.log_texts)
@@ -166,9 +169,8 @@ def _texts(body: V2InferRequest) -> list[str]:
     return list(data)
 
 
-async def parse_infer_request(request: Request) -> V2InferRequest:
+def parse_infer_request(request: Request, raw: bytes) -> V2InferRequest:
     """JSON, or Triton's binary extension: a JSON header of Inference-Header-Content-Length bytes, then tensors."""
-    raw = await request.body()
     header_length = request.headers.get("inference-header-content-length")
     if header_length is None and not is_json(media_type(request)):
         raise UnsupportedMedia(f"Content-Type {media_type(request)!r} is not accepted; send application/json")
@@ -220,7 +222,7 @@ async def repository_index(manager: ManagerDep) -> list[dict[str, Any]]:
 
 
 class LoadParameters(BaseModel):
-    version: int | str | None = Field(None, description="the version to load (default: the latest)")
+    version: StrictInt | StrictStr | None = Field(None, description="the version to load (default: the latest)")
 
 
 class LoadRequest(BaseModel):
@@ -234,8 +236,7 @@ async def load_model(name: ModelName, request: Request, manager: ManagerDep) -> 
     raw = await request.body()
     params = parse_json(raw, LoadRequest).parameters if raw.strip() else None
     number = None if params is None else params.version
-    if number is not None and (isinstance(number, bool) or not str(number).isascii()
-                               or not str(number).isdigit() or int(number) < 1):
+    if number is not None and not (str(number).isascii() and str(number).isdigit() and int(number) >= 1):
         raise InvalidInput("parameters.version must be a positive integer")
     model = await manager.load(name, None if number is None else int(number))
     return {"name": model.name, "version": str(model.version), "state": "READY"}

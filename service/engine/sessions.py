@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+log = logging.getLogger("seqserve.engine")
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -37,6 +40,8 @@ def providers_for(device: str) -> list[str]:
 
 
 def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
+    """A session on the device asked for. `cuda` must get the CUDA provider (or the model fails to load, with the
+    reason); `auto` takes it when it starts, and otherwise runs on the CPU with an error in the log."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = opts.intra_op_threads
     so.inter_op_num_threads = 1
@@ -44,10 +49,13 @@ def make_session(path: Path, opts: SessionOptions) -> ort.InferenceSession:
     so.log_severity_level = 3
     if not opts.spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), sess_options=so, providers=providers_for(opts.device))
-    if opts.device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
-        raise RuntimeError("device 'cuda' asked for, but onnxruntime fell back to the CPU (check the CUDA and "
-                           "cuDNN libraries onnxruntime-gpu needs)")
+    providers = providers_for(opts.device)
+    session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    if providers[0] == "CUDAExecutionProvider" and session.get_providers()[0] != "CUDAExecutionProvider":
+        if opts.device == "cuda":
+            raise RuntimeError("device 'cuda' asked for, but onnxruntime fell back to the CPU (check the GPU, the "
+                               "driver and the CUDA and cuDNN libraries onnxruntime-gpu needs)")
+        log.error("%s: the CUDA execution provider did not start; running on the CPU (device 'auto')", path.name)
     return session
 
 

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import re
 import shutil
+import socket
 import threading
 import time
 import weakref
@@ -216,3 +217,33 @@ def test_heap_frozen_while_serving_and_a_retired_version_is_released(make_server
             assert classify(server.url, [POSITIVE]).json()["results"][0]["label"] == "pos"
     server.__exit__()
     assert gc.get_freeze_count() == 0  # stopping unfreezes: nothing stays pinned in a process that goes on
+
+
+def test_sigterm_drain_bound_holds_below_one_second_with_a_body_still_trickling_in(repo, tmp_path):
+    """SEQSERVE_DRAIN_TIMEOUT_S is a bound at any value: 0.5 s stops a process whose client never finishes its body
+    (it was read as "no bound" below 1 s)."""
+    server = ProcessServer(repo, tmp_path / "server.log", drain_timeout_s="0.5")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100000\r\n\r\n{\"texts\": [\"")
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.1):  # a byte now and then, never the whole body
+            try:
+                sock.sendall(b"a")
+            except OSError:
+                return
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    httpx.get(f"{server.url}/v2/health/live", timeout=10)  # the trickling request is being read
+    server.proc.send_signal(15)
+    try:
+        code = server.proc.wait(30)  # unbounded, it would wait for the body forever
+    finally:
+        stop.set()
+        sock.close()
+        server.stop()
+    assert code == 0
+    assert "timeout graceful shutdown exceeded" in (tmp_path / "server.log").read_text()

@@ -1,5 +1,6 @@
 """onnxruntime sessions as the settings ask for them: threads, spinning, providers; the interpreter's GIL switch."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -57,3 +58,18 @@ def test_serve_shortens_the_gil_switch_interval():
         sys.setswitchinterval(before)
     with pytest.raises(ValueError, match="gil_switch_interval_us"):
         Settings(gil_switch_interval_us=0)
+
+
+def test_a_cuda_provider_that_does_not_start_fails_cuda_and_falls_back_under_auto(classifier_version, monkeypatch,
+                                                                                   caplog):
+    """The provider list faked to offer CUDA: this onnxruntime cannot start it, as on a host without a usable GPU."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a working CUDA provider list; the fake would not be a fake")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    graph = classifier_version / read_config(classifier_version)["graphs"]["model"]
+    with pytest.raises(RuntimeError, match="fell back to the CPU"):
+        make_session(graph, SessionOptions(device="cuda"))
+    caplog.set_level(logging.ERROR, logger="seqserve.engine")
+    session = make_session(graph, SessionOptions(device="auto"))
+    assert session.get_providers()[0] == "CPUExecutionProvider"
+    assert "did not start; running on the CPU" in caplog.text
