@@ -81,5 +81,7 @@ def create_app(settings: Settings, fast_routes: bool = True) -> ServiceApp:
         inner = CORSMiddleware(inner, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                                allow_headers=["*"])
     stack = ServiceMiddleware(inner, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                              shed=edge_shedding(settings, manager), retry_after_s=settings.retry_after_s)
+                              shed=edge_shedding(settings, manager), retry_after_s=settings.retry_after_s,
+                              max_header_bytes=settings.max_header_bytes, max_headers=settings.max_headers,
+                              body_timeout_s=settings.body_timeout_s)
     return ServiceApp(api, fast, stack)

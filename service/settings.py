@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_texts_per_request: int = Field(256, ge=1)
     max_chars_per_text: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request headers, names and values together, "
+                                  "before 431")
+    max_headers: int = Field(100, ge=8, description="request header lines before 431")
+    body_timeout_s: float = Field(60.0, gt=0, description="longest time a request body may take to arrive, "
+                                  "from its first byte, before 408")
 
     drain_timeout_s: float = Field(30.0, ge=0, description="bound on finishing in-flight work at shutdown")
     api_key: str | None = Field(None, description="required for inference endpoints when set")

@@ -34,11 +34,18 @@ class BodyTooLarge(UserError):
         super().__init__(f"request body exceeds max_body_bytes={limit}")
 
 
+class BodyTimeout(UserError):
+    """408: the body did not arrive in full within the bound."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"the request body did not arrive within body_timeout_s={limit:g}")
+
+
 # First match wins: subclasses before their bases.
 STATUS: list[tuple[type[Exception], int]] = [
     (MalformedBody, 400), (UnsupportedMedia, 415), (InvalidInput, 422), (TooLarge, 413), (BodyTooLarge, 413),
-    (Unauthorized, 401), (Forbidden, 403), (ModelNotFound, 404), (ModelNotReady, 503), (Refused, 503),
-    (DeadlineExceeded, 504), (RepositoryError, 404), (ClientGone, 499), (ClientDisconnect, 499),
+    (BodyTimeout, 408), (Unauthorized, 401), (Forbidden, 403), (ModelNotFound, 404), (ModelNotReady, 503),
+    (Refused, 503), (DeadlineExceeded, 504), (RepositoryError, 404), (ClientGone, 499), (ClientDisconnect, 499),
     (UserError, 400),
 ]
 FRAMEWORK_MESSAGES = {404: "no such endpoint", 405: "method not allowed"}
@@ -47,7 +54,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {  # for OpenAPI
     code: {"model": ErrorBody, "description": text} for code, text in {
         400: "malformed body (not UTF-8 JSON)", 401: "missing or wrong API key",
         403: "endpoint disabled by configuration", 404: "unknown model or version", 413: "a size limit was exceeded",
-        415: "body is not JSON, or is compressed", 422: "invalid request (the message says which field)",
+        415: "body is not JSON, or is compressed", 431: "too many or too large request headers",
+        408: "the body did not arrive within body_timeout_s", 422: "invalid request (the message says which field)",
         500: "internal error (quote the request id)", 503: "queue full or model not ready (see Retry-After)",
         504: "timeout expired before compute"}.items()
 }

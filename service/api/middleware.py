@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
 import json
@@ -14,7 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import BodyTooLarge, internal_error
+from service.api.errors import BodyTimeout, BodyTooLarge, internal_error
 from service.metrics import Metrics
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -57,8 +58,11 @@ class ServiceMiddleware:
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, shed: Shed | None = None,
-                 retry_after_s: int = 1) -> None:
+                 retry_after_s: int = 1, max_header_bytes: int = 16 * 1024, max_headers: int = 100,
+                 body_timeout_s: float = 60.0) -> None:
         self.app, self.metrics, self.max_body_bytes, self.shed = app, metrics, max_body_bytes, shed
+        self.max_header_bytes, self.max_headers = max_header_bytes, max_headers
+        self.body_clock = _BodyClock(body_timeout_s)
         self.retry_after = str(retry_after_s).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -83,7 +87,7 @@ class ServiceMiddleware:
             await send(message)
 
         try:
-            problem = self._check(headers)
+            problem = self._check_headers(scope["headers"]) or self._check(headers)
             if problem:
                 status = problem[0]
                 for message in _error(problem[0], problem[1], request_id):
@@ -110,6 +114,15 @@ class ServiceMiddleware:
             self._record(scope, status, time.perf_counter() - start)
             request_id_var.reset(token)
 
+    def _check_headers(self, raw: list[tuple[bytes, bytes]]) -> tuple[int, str] | None:
+        """431 for more header lines, or more header bytes, than the limits (the HTTP parser sets none)."""
+        if len(raw) > self.max_headers:
+            return 431, f"{len(raw)} request headers exceed max_headers={self.max_headers}"
+        size = sum(map(len, itertools.chain.from_iterable(raw)))
+        if size > self.max_header_bytes:
+            return 431, f"request headers of {size} bytes exceed max_header_bytes={self.max_header_bytes}"
+        return None
+
     def _check(self, headers: dict[str, str]) -> tuple[int, str] | None:
         encoding = headers.get("content-encoding", "identity").lower()
         if encoding not in ("identity", ""):
@@ -120,19 +133,7 @@ class ServiceMiddleware:
         return None
 
     def _limited(self, receive: Receive) -> Receive:
-        """Counts bodies without Content-Length (chunked) against the same limit."""
-        seen = 0
-
-        async def wrapped() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes)
-            return message
-
-        return wrapped
+        return _Body(receive, self.max_body_bytes, self.body_clock).read
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
         route: Any = scope.get("route")
@@ -145,3 +146,73 @@ class ServiceMiddleware:
                 self.metrics.rejected_latency.labels(model, endpoint).observe(elapsed)
         log.info("%s %s %d %.1fms", scope.get("method"), endpoint, status, elapsed * 1000)
 
+
+class _Body:
+    """One request's body limits: its size (chunked bodies included) and the time it may take to arrive in full,
+    from the first read (`_BodyClock` expires it). Reads after the body, which only listen for a disconnect, are
+    not limited."""
+
+    __slots__ = ("receive", "limit", "clock", "seen", "done", "expired", "started", "reader")
+
+    def __init__(self, receive: Receive, limit: int, clock: _BodyClock) -> None:
+        self.receive, self.limit, self.clock = receive, limit, clock
+        self.seen, self.done, self.expired, self.started = 0, False, False, 0.0
+        self.reader: asyncio.Task[Any] | None = None
+
+    async def read(self) -> Message:
+        if self.done:
+            return await self.receive()
+        if self.reader is None:
+            self.reader, self.started = asyncio.current_task(), time.monotonic()
+            self.clock.watch(self)
+        try:
+            message = await self.receive()
+        except asyncio.CancelledError:
+            if not self.expired:
+                raise
+            if self.reader is not None and hasattr(self.reader, "uncancel"):
+                self.reader.uncancel()  # our own cancellation, answered as BodyTimeout: the task goes on
+            raise BodyTimeout(self.clock.timeout) from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.done = True
+            self.clock.forget(self)
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.limit:
+                raise BodyTooLarge(self.limit)
+        return message
+
+    def expire(self) -> None:
+        if not self.done and self.reader is not None:
+            self.expired = True
+            self.reader.cancel()
+
+
+class _BodyClock:
+    """Expires bodies that take longer than `timeout` to arrive. One ticker for all requests, running only while
+    some body is still arriving: a request whose body is in pays two dict operations, not a timer."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout, self.period = timeout, min(1.0, timeout / 4)
+        self.arriving: dict[int, _Body] = {}
+        self.ticking = False
+
+    def watch(self, body: _Body) -> None:
+        self.arriving[id(body)] = body
+        if not self.ticking:
+            self.ticking = True
+            asyncio.get_running_loop().call_later(self.period, self._tick)
+
+    def forget(self, body: _Body) -> None:
+        self.arriving.pop(id(body), None)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for key, body in list(self.arriving.items()):
+            if now - body.started >= self.timeout:
+                del self.arriving[key]
+                body.expire()
+        if self.arriving:
+            asyncio.get_running_loop().call_later(self.period, self._tick)
+        else:
+            self.ticking = False

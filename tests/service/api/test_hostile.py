@@ -248,3 +248,28 @@ def test_a_v2_body_still_arriving_during_a_swap_is_answered_after_it(make_server
         assert json.loads(answer)["outputs"][0]["data"] == ["pos"]
     else:
         assert status == 404 and b"unknown model" in answer, answer
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize(("name", "extra", "message"), [
+    ("101 headers", {f"x-h{i}": "1" for i in range(101)}, "max_headers=100"),
+    ("a 17 kB header", {"x-big": "a" * 17_000}, "max_header_bytes=16384"),
+])
+def test_too_many_or_too_large_headers_get_431(server, no_tracebacks, endpoint, name, extra, message):
+    path, _ = request_for(endpoint, ["x"])
+    expect(post(server, path, body_bytes(endpoint), extra), 431, message)
+    assert httpx.get(server.url + "/v2/health/live", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_a_body_that_never_arrives_in_full_gets_408(make_server, endpoint):
+    server = make_server(body_timeout_s=0.5)
+    path, _ = request_for(endpoint, ["x"])
+    body = body_bytes(endpoint)
+    sock = raw_request(server, path, body[:10], {"Content-Type": "application/json", "Content-Length": str(len(body))})
+    status, answer = read_status(sock)  # the rest never comes: the server answers when the bound has passed
+    sock.close()
+    assert status == 408 and b"body_timeout_s=0.5" in answer, answer
+    assert requests_with_status(server, ROUTES[endpoint], "408") == 1
+    good = send(server, path, json=request_for(endpoint, ["one two"])[1])
+    assert good.status_code == 200, good.text[:300]

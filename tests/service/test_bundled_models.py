@@ -1,0 +1,59 @@
+"""The bundled demo models, served as `make serve` serves them: known answers, and the same answers as the bare
+engine on the same texts (each text alone, so the int8 translator's batch dependence cannot enter)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from service.engine.classifier import ClassifierRuntime
+from service.engine.repository import read_config, resolve_version_dir
+from service.engine.translator import DecodeOptions, TranslatorRuntime
+from tests.conftest import ROOT
+from tests.fixtures import ProcessServer
+
+REPOSITORY = ROOT / "model_repository"
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory):
+    server = ProcessServer(REPOSITORY, tmp_path_factory.mktemp("bundled") / "server.log")
+    yield server
+    assert server.stop() == 0
+
+
+def test_both_bundled_models_serve_and_describe_themselves(bundled):
+    assert httpx.get(f"{bundled.url}/v2/health/ready", timeout=10).status_code == 200
+    for name, kind in (("sentiment", "classifier"), ("en-de", "translator")):
+        meta = httpx.get(f"{bundled.url}/v2/models/{name}", timeout=10).json()
+        assert meta["parameters"]["kind"] == kind and meta["versions"] == ["1"]
+
+
+def test_the_sentiment_model_knows_praise_from_scorn_and_matches_the_engine(bundled):
+    texts = ["A gripping, beautifully acted film that stays with you.", "Dull, tedious and far too long.",
+             "An utterly charming and moving story.", "A lifeless, clumsy mess of a movie."]
+    answer = httpx.post(f"{bundled.url}/v1/classify", json={"model": "sentiment", "texts": texts}, timeout=30).json()
+    assert [r["label"] for r in answer["results"]] == ["fresh", "rotten", "fresh", "rotten"]
+    version = resolve_version_dir(REPOSITORY / "sentiment")
+    runtime = ClassifierRuntime(version, read_config(version))
+    for text, result in zip(texts, answer["results"], strict=True):
+        (probs,) = runtime.predict([text])
+        served = np.array([result["probabilities"][label] for label in runtime.labels])
+        assert np.abs(served - probs).max() < 1e-6
+
+
+def test_the_en_de_translator_translates_and_matches_the_engine(bundled):
+    version = resolve_version_dir(REPOSITORY / "en-de")
+    samples = [s["source"] for s in json.loads((version / "metrics.json").read_text())["test2016"]["samples"]]
+    runtime = TranslatorRuntime(version, read_config(version))
+    for text in ["Two dogs are playing in the snow.", *samples[:3]]:
+        served = httpx.post(f"{bundled.url}/v1/translate", json={"model": "en-de", "texts": [text], "beam_size": 5},
+                            timeout=60).json()["results"][0]
+        (bare,) = runtime.translate([text], DecodeOptions(beam_size=5))
+        assert served["translation"] == bare.text and served["score"] == pytest.approx(bare.score, abs=1e-5)
+    body = {"model": "en-de", "texts": ["Two dogs are playing in the snow."]}
+    snow = httpx.post(f"{bundled.url}/v1/translate", json=body, timeout=60).json()["results"][0]["translation"]
+    assert "Hunde" in snow and "Schnee" in snow, snow
