@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr
@@ -110,7 +112,42 @@ async def infer(request: Request) -> Response:
     outputs = [{"name": n, "datatype": known[n].datatype, "shape": tensors[n][1], "data": tensors[n][0]}
                for n in wanted]
     answer = {"model_name": model.name, "model_version": str(model.version), "id": body.id, "outputs": outputs}
-    return json_response(V2InferResponse.model_validate(answer).model_dump(mode="json", exclude_none=True))
+    shaped = V2InferResponse.model_validate(answer).model_dump(mode="json", exclude_none=True)
+    binary = _binary_outputs(body, wanted)
+    return _binary_response(shaped, binary) if binary else json_response(shaped)
+
+
+def _binary_outputs(body: V2InferRequest, wanted: list[str]) -> set[str]:
+    """Outputs to send in Triton's binary tensor format: those whose `binary_data` parameter is true, or all
+    (unless an output says false) when the request's `binary_data_output` is, as tritonclient sends by default."""
+    default = (body.parameters or {}).get("binary_data_output") is True
+    asked = {o.name: (o.parameters or {}).get("binary_data") for o in body.outputs or []}
+    return {name for name in wanted if asked.get(name) is True or (default and asked.get(name) is not False)}
+
+
+def _binary_response(shaped: dict[str, Any], binary: set[str]) -> Response:
+    """A JSON header of Inference-Header-Content-Length bytes, then each binary output's raw data in order."""
+    blobs, outputs = [], []
+    for output in shaped["outputs"]:
+        if output["name"] in binary:
+            blob = _pack(output["datatype"], output.pop("data"))
+            output["parameters"] = {**output.get("parameters", {}), "binary_data_size": len(blob)}
+            blobs.append(blob)
+        outputs.append(output)
+    header = json.dumps({**shaped, "outputs": outputs}, separators=(",", ":")).encode()
+    return Response(header + b"".join(blobs), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))})
+
+
+def _pack(datatype: str, data: list[Any]) -> bytes:
+    """BYTES as 4-byte little-endian lengths and UTF-8; numbers as little-endian arrays of their type."""
+    if datatype == "BYTES":
+        encoded = [str(item).encode("utf-8") for item in data]
+        return b"".join(struct.pack("<I", len(item)) + item for item in encoded)
+    return np.asarray(data, dtype=NUMPY_TYPES[datatype]).tobytes()
+
+
+NUMPY_TYPES = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4", "INT64": "<i8"}
 
 
 def _timeout_s(params: dict[str, Any]) -> float | None:

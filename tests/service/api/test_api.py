@@ -76,6 +76,38 @@ def test_tritonclient_metadata_ready_and_infer(make_server):
     client.close()
 
 
+def test_tritonclient_with_its_defaults_gets_binary_outputs(make_server):
+    """tritonclient asks for binary outputs by default (each InferRequestedOutput, or binary_data_output when it
+    names none): the answers must be the JSON answers, for every kind."""
+    import tritonclient.http as triton
+
+    url = make_server().url
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    cases = [("reviews", [POSITIVE, NEGATIVE], ["label", "score", "probabilities"]),
+             ("numbers", ["one two", "three four five"], ["translation", "score"])]
+    for model, texts, names in cases:
+        text = triton.InferInput("text", [len(texts)], "BYTES")
+        text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+        json_answer = httpx.post(f"{url}/v2/models/{model}/infer", timeout=60, json={
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}).json()
+        expected = {o["name"]: o for o in json_answer["outputs"]}
+        mixed = [triton.InferRequestedOutput(names[0]), triton.InferRequestedOutput(names[1], binary_data=False)]
+        for outputs, binary in ((None, set(names)), ([triton.InferRequestedOutput(n) for n in names], set(names)),
+                                (mixed, {names[0]})):
+            result = client.infer(model, [text], outputs=outputs)
+            for name in names if outputs is None else [o.name() for o in outputs]:
+                got, want = result.as_numpy(name), expected[name]
+                assert list(got.shape) == want["shape"]
+                flat = got.reshape(-1).tolist()
+                if want["datatype"] == "BYTES":
+                    assert [x.decode() if isinstance(x, bytes) else x for x in flat] == want["data"]
+                else:
+                    assert flat == pytest.approx(want["data"], abs=1e-6)  # float32 on the wire
+            sent = result.get_response()["outputs"]
+            assert {o["name"] for o in sent if "binary_data_size" in o.get("parameters", {})} == binary
+    client.close()
+
+
 @pytest.mark.parametrize(
     ("path", "kwargs", "status", "message"),
     [
