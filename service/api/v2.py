@@ -170,10 +170,14 @@ async def _infer_version_route(name: ModelName, number: Version, request: Reques
     return await infer(request)
 
 
+BINARY_ANSWER: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {
+    "schema": {"type": "string", "format": "binary"}}},
+    "description": "JSON, or with binary outputs (binary_data) Triton's binary tensor format"}}
 router.add_api_route("/models/{name}/infer", _infer_route, methods=["POST"], response_model=V2InferResponse,
-                     summary="Inference", openapi_extra=INFER_DOC)
+                     summary="Inference", openapi_extra=INFER_DOC, responses=BINARY_ANSWER)
 router.add_api_route("/models/{name}/versions/{number}/infer", _infer_version_route, methods=["POST"],
-                     response_model=V2InferResponse, summary="Inference on a version", openapi_extra=INFER_DOC)
+                     response_model=V2InferResponse, summary="Inference on a version", openapi_extra=INFER_DOC,
+                     responses=BINARY_ANSWER)
 
 V2_INFER = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<number>[^/]+))?/infer")
 
