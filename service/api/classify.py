@@ -8,13 +8,14 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.body import body_doc, deadline_from, json_response, read_json
-from service.api.deps import require_inference_key
+from service.api.deps import reach, require_inference_key
 from service.api.errors import RESPONSES
 from service.api.kind import ApiKind, FastRoute
 from service.serving.inference import check_texts, run_texts
 from service.settings import Settings
 
 PATH = "/v1/classify"
+KIND_NAME = "classifier"
 
 
 class ClassifyRequest(BaseModel):
@@ -41,10 +42,8 @@ async def classify(request: Request) -> Response:
     """Each result has the label, its probability and every class probability."""
     await require_inference_key(request)
     body = await read_json(request, ClassifyRequest)
-    state = request.app.state
-    settings: Settings = state.settings
-    model = state.manager.get(body.model, kind="classifier")
-    request.state.model = model.name
+    settings: Settings = request.app.state.settings
+    model = reach(request, body.model, kind=KIND_NAME)
     texts = check_texts(body.texts, settings)
     results = await run_texts(model, texts, None, deadline_from(request, settings), request.receive,
                               log_texts=settings.log_texts)
@@ -60,5 +59,5 @@ router = APIRouter(prefix="/v1", responses=RESPONSES)
 router.add_api_route("/classify", classify, methods=["POST"], response_model=ClassifyResponse,
                      summary="Classify texts", openapi_extra=body_doc(ClassifyRequest))
 
-KIND = ApiKind("classifier", router, v1_paths=(PATH,), v2_options=v2_options, fast=(FastRoute(PATH, classify),),
+KIND = ApiKind(KIND_NAME, router, v1_paths=(PATH,), v2_options=v2_options, fast=(FastRoute(PATH, classify),),
                bodies=(ClassifyRequest,))

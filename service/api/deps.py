@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the app's state objects and the API-key checks.
+"""FastAPI dependencies and request helpers: the model manager, the model a request reaches, the API-key checks.
 
 All are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
 dependency per request, which on the hot path cost more than the model itself."""
@@ -12,8 +12,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.errors import UserError
-from service.metrics import Metrics
 from service.serving.manager import ModelManager
+from service.serving.served import ServedModel
 from service.settings import Settings
 
 
@@ -30,18 +30,17 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-async def get_settings(request: Request) -> Settings:
-    return _settings(request)
-
-
 async def get_manager(request: Request) -> ModelManager:
     manager: ModelManager = request.app.state.manager
     return manager
 
 
-async def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
+def reach(request: Request, name: str | None, version: int | None = None, kind: str | None = None) -> ServedModel:
+    """The model a request asks for (`ModelManager.get`), recorded on the request for its metrics and logs."""
+    manager: ModelManager = request.app.state.manager
+    model = manager.get(name, version, kind)
+    request.state.model = model.name
+    return model
 
 
 def _presented_key(headers: Mapping[str, str]) -> str:
@@ -76,6 +75,4 @@ async def require_control_key(request: Request) -> None:
         _check_key(request, settings.control_api_key)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[ModelManager, Depends(get_manager)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]

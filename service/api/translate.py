@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.api.body import body_doc, deadline_from, read_json
-from service.api.deps import require_inference_key
+from service.api.deps import reach, require_inference_key
 from service.api.errors import RESPONSES
 from service.api.kind import ApiKind
 from service.engine.translator import DecodeOptions, Translation
@@ -23,6 +23,7 @@ from service.serving.inference import InvalidInput, check_texts, run_texts
 from service.settings import Settings
 
 log = logging.getLogger("seqserve.inference")
+KIND_NAME = "translator"
 
 
 class TranslateRequest(BaseModel):
@@ -92,15 +93,13 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_inference_key)], 
 async def translate(request: Request) -> dict[str, Any]:
     """Beam search (or greedy with beam_size 1); attention weights on request."""
     body = await read_json(request, TranslateRequest)
-    state = request.app.state
-    settings: Settings = state.settings
-    model = state.manager.get(body.model, kind="translator")
-    request.state.model = model.name
+    settings: Settings = request.app.state.settings
+    model = reach(request, body.model, kind=KIND_NAME)
     texts = check_texts(body.texts, settings)
     options = decode_options(body, settings)
     results = await run_texts(model, texts, options, deadline_from(request, settings), request.receive,
                               log_texts=settings.log_texts)
-    state.metrics.tokens.labels(model.name, "output").inc(sum(len(t.target_ids) for t in results))
+    request.app.state.metrics.tokens.labels(model.name, "output").inc(sum(len(t.target_ids) for t in results))
     return {"model": model.name, "version": model.version,
             "results": [translation_result(t, body.return_attention) for t in results]}
 
@@ -119,10 +118,8 @@ async def translate_stream(request: Request) -> StreamingResponse:
     """`token` events carry certain tokens as decoded (greedy: each step; beam: once every candidate agrees);
     a final `done` event carries the full result, or an `error` event says what failed."""
     body = await read_json(request, TranslateStreamRequest)
-    state = request.app.state
-    settings: Settings = state.settings
-    model = state.manager.get(body.model, kind="translator")
-    request.state.model = model.name
+    settings: Settings = request.app.state.settings
+    model = reach(request, body.model, kind=KIND_NAME)
     text = check_texts([body.text], settings)[0]
     options = decode_options(body, settings)
     deadline = deadline_from(request, settings)
@@ -132,7 +129,7 @@ async def translate_stream(request: Request) -> StreamingResponse:
     items, lengths = model.prepare([text], options)
     updates: asyncio.Queue[list[int]] = asyncio.Queue()
     (future,) = model.queue.submit(items, lengths, deadline, on_tokens=updates.put_nowait)
-    return StreamingResponse(_events(model, future, updates, state.metrics), media_type="text/event-stream",
+    return StreamingResponse(_events(model, future, updates, request.app.state.metrics), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -193,5 +190,5 @@ def v2_options(params: dict[str, Any], settings: Settings) -> DecodeOptions:
     return decode_options(request, settings)
 
 
-KIND = ApiKind("translator", router, v1_paths=("/v1/translate", "/v1/translate/stream"), v2_options=v2_options,
+KIND = ApiKind(KIND_NAME, router, v1_paths=("/v1/translate", "/v1/translate/stream"), v2_options=v2_options,
                bodies=(TranslateRequest, TranslateStreamRequest))

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 
 from service.api.body import body_doc, deadline_from, is_json, json_response, media_type, parse_json
-from service.api.deps import ManagerDep, require_control_key, require_inference_key
+from service.api.deps import ManagerDep, reach, require_control_key, require_inference_key
 from service.api.errors import RESPONSES, UnsupportedMedia
 from service.api.kind import FastRoute
 from service.api.kinds import API_KINDS
@@ -91,10 +91,8 @@ async def infer(request: Request) -> Response:
     await require_inference_key(request)
     raw = await request.body()  # first: the model is looked up once the body is in, so a reload loses nothing
     name, number = request.path_params["name"], request.path_params.get("number")
-    state = request.app.state
-    settings: Settings = state.settings
-    model: ServedModel = state.manager.get(name, None if number is None else int(number))
-    request.state.model = model.name
+    settings: Settings = request.app.state.settings
+    model = reach(request, name, None if number is None else int(number))
     body = parse_infer_request(request, raw)
     texts = check_texts(_texts(body), settings)
     params = body.parameters or {}
