@@ -73,10 +73,16 @@ def _cmd_export(a: argparse.Namespace) -> None:
 
 
 def _add_quantize(sub: Any) -> None:
-    p = sub.add_parser("quantize", help="write an int8 (dynamic quantization) variant as a new version")
+    p = sub.add_parser("quantize", help="write an int8 variant (int8 weights, calibrated activation scales: the same "
+                                        "answers alone or batched) as a new version")
     p.add_argument("model_dir", type=Path, help="model_repository/NAME[/VERSION] (latest version if omitted)")
     version_options(p)
     p.add_argument("--out", type=Path, help="model folder to write into (default: the source's own)")
+    p.add_argument("--calibration-data", type=Path, metavar="FILE",
+                   help="texts to calibrate activation scales on, one per line (default: the training split the "
+                        "model records)")
+    p.add_argument("--calibration-size", type=int, metavar="N",
+                   help="how many of them, drawn at random (default 512)")
     p.set_defaults(func=_cmd_quantize)
 
 
@@ -88,7 +94,7 @@ def _cmd_quantize(a: argparse.Namespace) -> None:
     out = a.out or source.parent
     if a.version is None or (out / str(a.version)).resolve() != source.resolve():  # onto itself: quantize refuses
         check_version(out, a.version, a.overwrite)
-    path = quantize_version(a.model_dir, a.version, a.out)
+    path = quantize_version(a.model_dir, a.version, a.out, a.calibration_data, a.calibration_size)
     logging.getLogger("seqserve").info("wrote %s", path)
 
 

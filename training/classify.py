@@ -20,6 +20,7 @@ from service.engine.repository import read_config
 from service.engine.text import TextEncoder
 from service.errors import UserError
 from training.batching import bucket_batches, to_tensors
+from training.calibration import CALIBRATION_BATCH, Feeds, Recorder, in_batches
 from training.classifier_export import export_classifier, sample_ids
 from training.data import DataError, Example, read_labelled, stratified_split
 from training.embeddings import pretrained_embeddings
@@ -221,5 +222,15 @@ def load_eval_data(config: dict[str, Any], args: Any) -> Sequence[Example]:
     return splits[args.split]
 
 
+def calibration_feeds(version_dir: Path, config: dict[str, Any], texts: Sequence[str]) -> dict[str, list[Feeds]]:
+    """The classifier graph's feeds for the texts, in batches of like lengths as the service makes them."""
+    runtime = ClassifierRuntime(version_dir, config)
+    runtime.session = recorder = Recorder(runtime.session)
+    for batch in in_batches(texts, CALIBRATION_BATCH):
+        runtime.predict(batch)
+    return {"model": recorder.feeds}
+
+
 TOOLS = KindTools(export=export_run_files, evaluate=evaluate_classifier, eval_data=load_eval_data,
+                  input_text=lambda example: example.text, calibration_feeds=calibration_feeds,
                   evaluate_after_quantize=True)

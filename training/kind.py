@@ -56,11 +56,16 @@ class Job(Protocol):
 
 @dataclass(frozen=True)
 class KindTools:
-    """A kind's steps on a model version: export a run, evaluate through ONNX, find its evaluation data."""
+    """A kind's steps on a model version: export a run, evaluate through ONNX, find its evaluation data, and record
+    the feeds its graphs get (for int8 calibration)."""
 
     export: Callable[[dict[str, Any], Path, VersionWriter, Sequence[str]], dict[str, Any]]
     evaluate: Callable[..., dict[str, Any]]  # (version_dir, examples, **options) -> figures
     eval_data: Callable[[dict[str, Any], Any], Sequence[Any]]  # (config, evaluate's options) -> examples
+    input_text: Callable[[Any], str]  # an example of eval_data -> the text a request would send
+    # (version_dir, config, texts) -> for each key of config["graphs"], the feeds its session ran while the
+    # float model served the texts as the service would
+    calibration_feeds: Callable[[Path, dict[str, Any], Sequence[str]], dict[str, list[dict[str, Any]]]]
     # quantize re-evaluates the int8 version on the recorded splits (cheap for a classifier; a beam-search
     # test run of a translator is left to `seqserve evaluate`)
     evaluate_after_quantize: bool = False

@@ -136,6 +136,7 @@ class VersionWriter:
             f"# {config['name']} v{config['version']} ({config['kind']}{', int8' if quantized else ''})",
             "",
             *([_quantization_line(quantized)] if quantized else []),
+            *([_dequantized_line(config["dequantized_from"])] if config.get("dequantized_from") else []),
             f"- Data: `{prov.get('source')}`, sizes {prov.get('sizes')}",
             f"- Made by: `{prov.get('command')}` on {prov.get('created')}",
             f"- Architecture: `{json.dumps(config.get('model'))}`",
@@ -157,13 +158,24 @@ class VersionWriter:
 def _quantization_line(quantization: dict[str, Any]) -> str:
     """The card's line saying which fp32 version an int8 variant was made from, and how."""
     source = f"`{quantization['from_model']}` " if quantization.get("from_model") else ""
-    line = (f"- Quantized: int8 variant (dynamic quantization with onnxruntime: int8 weights, activations "
-            f"quantized at run time) made from {source}version {quantization.get('from_version')}")
+    if quantization.get("method", "").startswith("static"):
+        calibration = quantization.get("calibration", {})
+        how = (f"static quantization with onnxruntime: int8 weights, activation scales calibrated on "
+               f"{calibration.get('texts')} texts of {calibration.get('source')}, so answers do not depend on the "
+               "batch; recurrent layers in float")
+    else:  # versions made before static quantization: scales computed over each batch
+        how = "dynamic quantization with onnxruntime: int8 weights, activations quantized per batch at run time"
+    line = f"- Quantized: int8 variant ({how}) made from {source}version {quantization.get('from_version')}"
     if quantization.get("ops"):
         line += f"; ops quantized: {', '.join(quantization['ops'])}"
     if quantization.get("command"):
         line += f"; by `{quantization['command']}` on {quantization.get('created')}"
     return line + ". Data, training and architecture below are those of the source version."
+
+
+def _dequantized_line(source: dict[str, Any]) -> str:
+    return (f"- Weights: those of `{source.get('model')}` v{source.get('version')} ({source.get('method')}), "
+            "turned back into floats by `python -m training.dequantize` (that version's float run was not kept)")
 
 
 def save_run_spec(work_dir: Path, **spec: Any) -> None:

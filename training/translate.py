@@ -21,6 +21,7 @@ from service.engine.text import BOS_ID, PAD_ID, TextEncoder
 from service.engine.translator import DecodeOptions, TranslatorRuntime
 from service.errors import UserError
 from training.batching import bucket_batches, to_tensors
+from training.calibration import CALIBRATION_BATCH, Feeds, Recorder, in_batches
 from training.data import DataError, Pair, filter_pairs, random_split, read_parallel_files, read_parallel_table
 from training.kind import Built, KindTools, Splits
 from training.loop import MIN_VOCAB_SIZE, Batch, TrainConfig, check_at_least, check_fraction, check_split
@@ -257,5 +258,16 @@ def load_eval_pairs(config: dict[str, Any], args: Any) -> list[Pair]:
     return splits[args.split]
 
 
+def calibration_feeds(version_dir: Path, config: dict[str, Any], texts: Sequence[str]) -> dict[str, list[Feeds]]:
+    """The encoder's and every decoder step's feeds while the float model translates the texts (greedy)."""
+    runtime = TranslatorRuntime(version_dir, config)
+    encoder, decoder = Recorder(runtime.runner.encoder), Recorder(runtime.runner.decoder)
+    runtime.runner.encoder, runtime.runner.decoder = encoder, decoder
+    for batch in in_batches(texts, CALIBRATION_BATCH):
+        runtime.translate(batch, DecodeOptions(beam_size=1))
+    return {"encoder": encoder.feeds, "decoder": decoder.feeds}
+
+
 TOOLS = KindTools(export=export_run_files, evaluate=evaluate_translator, eval_data=load_eval_pairs,
+                  input_text=lambda pair: pair.src, calibration_feeds=calibration_feeds,
                   eval_options=("beam_size", "plot_attention"))

@@ -4,6 +4,7 @@ Adding a kind: a runtime module beside this one (the `Runtime` protocol) and one
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +33,13 @@ RUNTIMES: dict[str, type[Runtime]] = {
     "translator": TranslatorRuntime,
 }
 KINDS = tuple(RUNTIMES)
+log = logging.getLogger("seqserve.engine")
 
 
 def load_runtime(version_dir: Path, config: dict[str, Any], opts: SessionOptions | None = None) -> Runtime:
+    method = str((config.get("quantization") or {}).get("method", ""))
+    if method.startswith("dynamic"):  # int8 versions written before seqserve quantize calibrated its scales
+        log.warning("%s: %s computes activation scales over each batch, so a text's answer can change with the "
+                    "other texts batched with it; run `seqserve quantize` on its fp32 version again",
+                    version_dir, method)
     return RUNTIMES[config["kind"]](version_dir, config, opts)

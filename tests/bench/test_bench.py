@@ -206,7 +206,7 @@ def test_variants_pair_the_latest_fp32_version_with_its_int8_version(tmp_path):
         folder.mkdir(parents=True)
         config = {"kind": "classifier", "graphs": {}, "tokenizers": {}, "max_length": 8}
         if from_version:
-            config["quantization"] = {"method": "dynamic int8", "from_version": from_version}
+            config["quantization"] = {"method": "static int8 (onnxruntime)", "from_version": from_version}
         (folder / "config.json").write_text(json.dumps(config))
 
     version(1)

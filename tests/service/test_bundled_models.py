@@ -1,5 +1,5 @@
 """The bundled demo models, served as `make serve` serves them: known answers, and the same answers as the bare
-engine on the same texts (each text alone, so the int8 translator's batch dependence cannot enter)."""
+engine on the same texts. (That answers do not depend on the batch: tests/service/test_batch_invariance.py.)"""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def bundled(tmp_path_factory):
 
 def test_both_bundled_models_serve_and_describe_themselves(bundled):
     assert httpx.get(f"{bundled.url}/v2/health/ready", timeout=10).status_code == 200
-    for name, kind in (("sentiment", "classifier"), ("en-de", "translator")):
+    for name, kind, version in (("sentiment", "classifier", "1"), ("en-de", "translator", "2")):
         meta = httpx.get(f"{bundled.url}/v2/models/{name}", timeout=10).json()
-        assert meta["parameters"]["kind"] == kind and meta["versions"] == ["1"]
+        assert meta["parameters"]["kind"] == kind and meta["versions"] == [version]
 
 
 def test_the_sentiment_model_knows_praise_from_scorn_and_matches_the_engine(bundled):

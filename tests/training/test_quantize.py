@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from service.engine.repository import read_config, write_json
+from service.errors import UserError
 from training.quantize import quantize_version
+from training.repo_writer import file_digest
 
 FP32_FIGURES = {"test": {"accuracy": 0.123, "macro_f1": 0.123, "examples": 7}}  # not what the int8 graph scores
 
@@ -47,7 +49,10 @@ def test_int8_version_has_its_own_card_library_versions_and_metrics(classifier_v
 
     card = (target / "README.md").read_text()
     assert card.startswith("# reviews v2 (classifier, int8)")
-    assert "int8 variant" in card and "dynamic quantization" in card and "`reviews` version 1" in card
+    assert "int8 variant" in card and "static quantization" in card and "`reviews` version 1" in card
+    calibration = int8["quantization"]["calibration"]
+    assert calibration["source"] == f"train split of {config['provenance']['source']}" and calibration["texts"] > 100
+    assert f"calibrated on {calibration['texts']} texts of train split of" in card
     fp32_card = (source / "README.md").read_text().splitlines()
     for prefix in ("- Data:", "- Made by:", "- Architecture:", "- Labels:"):  # the fp32 card's description stays
         assert [line for line in fp32_card if line.startswith(prefix)][0] in card
@@ -82,12 +87,18 @@ def test_no_metrics_when_the_training_data_is_gone(
     source = fp32_copy(classifier_version, tmp_path,
                        provenance={**provenance, "source": gone, "files": {gone: provenance["sha256"]}})
 
+    with pytest.raises(UserError, match="pass --calibration-data FILE"):  # nothing to calibrate on
+        quantize_version(source, version=7, out=tmp_path / "reviews-int8")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a great film\nbad acting\n\nwonderful and moving\n", "utf-8")
     with caplog.at_level(logging.INFO, logger="seqserve.quantize"):
-        target = quantize_version(source, version=7, out=tmp_path / "reviews-int8")
+        target = quantize_version(source, version=7, out=tmp_path / "reviews-int8", calibration=texts)
 
     assert target == tmp_path / "reviews-int8" / "7" and not (target / "metrics.json").exists()
     assert any("is missing" in r.getMessage() and "seqserve evaluate" in r.getMessage() for r in caplog.records)
-    assert read_config(target)["name"] == "reviews-int8"
+    config = read_config(target)
+    assert config["name"] == "reviews-int8"
+    assert config["quantization"]["calibration"] == {"source": str(texts), "sha256": file_digest(texts), "texts": 3}
     assert "`reviews` version 1" in (target / "README.md").read_text()
 
 
@@ -105,3 +116,86 @@ def test_a_translator_is_left_for_seqserve_evaluate(
     assert any("seqserve evaluate" in r.getMessage() for r in caplog.records)
     card = (target / "README.md").read_text()
     assert card.startswith("# numbers v2 (translator, int8)") and "`numbers` version 1" in card
+
+
+def test_int8_graphs_quantize_with_constant_scales_and_answer_the_same_alone_or_batched(
+    classifier_version: Path, translator_version: Path, tmp_path: Path
+) -> None:
+    """No op of the int8 graphs quantizes over the batch; a text's scores are bit-identical alone or in a batch."""
+    import numpy as np
+    import onnx
+
+    from service.engine.classifier import ClassifierRuntime
+    from service.engine.translator import DecodeOptions, TranslatorRuntime
+    from training.calibration import BATCH_DEPENDENT_OPS
+
+    for name, version in (("reviews", classifier_version), ("numbers", translator_version)):
+        target = quantize_version(version, version=1, out=tmp_path / name, calibration_size=64)
+        config = read_config(target)
+        assert config["quantization"]["method"] == "static int8 (onnxruntime)"
+        assert config["quantization"]["calibration"]["texts"] == 64
+        for graph in config["graphs"].values():
+            ops = {n.op_type for n in onnx.load(str(target / graph)).graph.node}
+            assert not ops & BATCH_DEPENDENT_OPS and "QuantizeLinear" in ops
+            assert config["quantization"]["activation_ranges"][graph]
+    texts = ["a great film", "bad acting and a dull plot that goes on", "wonderful", "two three four five six"]
+    reviews = ClassifierRuntime(tmp_path / "reviews" / "1", read_config(tmp_path / "reviews" / "1"))
+    batched = reviews.predict(texts)
+    for text, row in zip(texts, batched, strict=True):
+        np.testing.assert_array_equal(reviews.predict([text])[0], row)
+    numbers = TranslatorRuntime(tmp_path / "numbers" / "1", read_config(tmp_path / "numbers" / "1"))
+    together = numbers.translate(texts, DecodeOptions(beam_size=3))
+    for text, translation in zip(texts, together, strict=True):
+        (alone,) = numbers.translate([text], DecodeOptions(beam_size=3))
+        assert alone.text == translation.text and alone.target_ids == translation.target_ids
+        assert abs(alone.score - translation.score) <= 1e-5
+
+
+def test_a_dynamic_int8_version_turns_back_into_the_floats_its_weights_stand_for(
+    translator_version: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """training.dequantize (how the bundled en-de v2 was made from v1): quantizing the float version again gives
+    back exactly the int8 weights it came from, and the float graphs have no integer op left."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from service.engine.translator import DecodeOptions, TranslatorRuntime
+    from training.dequantize import dequantize_version
+
+    dynamic = tmp_path / "dynamic" / "1"
+    shutil.copytree(translator_version, dynamic)
+    config = read_config(dynamic)
+    for graph in config["graphs"].values():  # what `seqserve quantize` wrote before static scales
+        quantize_dynamic(translator_version / graph, dynamic / graph, weight_type=QuantType.QInt8)
+    write_json(dynamic / "config.json", {**config, "quantization": {"method": "dynamic int8 (onnxruntime)"}})
+    from service.engine.kinds import load_runtime
+
+    with caplog.at_level(logging.WARNING, logger="seqserve.engine"):  # such a version still loads, with a warning
+        load_runtime(dynamic, read_config(dynamic))
+    assert any("can change with the other texts batched with it" in r.getMessage() for r in caplog.records)
+
+    floats = dequantize_version(dynamic, tmp_path / "float" / "1")
+    again = tmp_path / "again"
+    again.mkdir()
+
+    def int8_weights(path: Path) -> dict[str, np.ndarray]:
+        return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+                if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(i.dims)}
+
+    for graph in config["graphs"].values():
+        ops = {n.op_type for n in onnx.load(str(floats / graph)).graph.node}
+        assert not ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DequantizeLinear"}
+        quantize_dynamic(floats / graph, again / graph, weight_type=QuantType.QInt8)
+        original, round_trip = int8_weights(dynamic / graph), int8_weights(again / graph)
+        assert original.keys() == round_trip.keys() and original
+        for name, weights in original.items():
+            np.testing.assert_array_equal(round_trip[name], weights)
+    assert read_config(floats)["dequantized_from"]["version"] == 1 and "quantization" not in read_config(floats)
+    texts = [f"{a} {b} {c}" for a, b, c in zip(["one", "two", "six"], ["three", "nine", "four"], ["five"] * 3,
+                                               strict=True)]
+    rt = TranslatorRuntime(floats, read_config(floats))
+    assert all(t.text for t in rt.translate(texts, DecodeOptions(beam_size=2)))
+    with pytest.raises(UserError, match="not a dynamic int8 version"):
+        dequantize_version(floats, tmp_path / "twice" / "1")
