@@ -32,12 +32,48 @@ def slow(model, seconds: float, calls: list[int] | None = None):  # type: ignore
     return original
 
 
+def wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll a condition of the server's state until it holds (a failure, not a hang, if it never does)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
+
+
+def held(model, entered: threading.Event, release: threading.Event):  # type: ignore[no-untyped-def]
+    """Hold each of a served model's batches until `release` is set; `entered` says the first has begun."""
+    original = model.queue.run
+
+    def run(payloads):  # type: ignore[no-untyped-def]
+        entered.set()
+        assert release.wait(60), "never released"
+        return original(payloads)
+
+    model.queue.run = run
+
+
 def test_full_queue_gets_503_with_retry_after_and_accepted_requests_finish(make_server):
     server = make_server(max_queue_size=4, max_batch_size=2, retry_after_s=2)
-    slow(server.manager.models["reviews"], 0.3)
-    responses = asyncio.run(burst(server.url, [POSITIVE] * 24, concurrency=24))
+    model = server.manager.models["reviews"]
+    entered, release = threading.Event(), threading.Event()
+    held(model, entered, release)
+
+    async def scenario() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=24)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            tasks = [asyncio.create_task(client.post(f"{server.url}/v1/classify", json={"texts": [POSITIVE]}))
+                     for _ in range(24)]
+            await asyncio.to_thread(entered.wait, 30)
+            # at most 2 texts in the held batch and 4 in the queue: the other 18 or more are refused at once
+            while sum(t.done() for t in tasks) < 18 or model.queue.depth < 4:
+                await asyncio.sleep(0.01)
+            assert not any(t.done() and t.result().status_code == 200 for t in tasks)
+            release.set()
+            return await asyncio.gather(*tasks)
+
+    responses = asyncio.run(scenario())
     codes = [r.status_code for r in responses]
-    assert set(codes) == {200, 503}
+    assert set(codes) == {200, 503} and codes.count(200) in (5, 6)
     for r in responses:
         if r.status_code == 503:
             assert r.headers["retry-after"] == "2" and "queue is full" in r.json()["error"]
@@ -52,17 +88,18 @@ def test_full_queue_sheds_at_the_edge_before_reading_the_body(make_server):
     edge cannot be sure of (another model, an unloaded version, a missing key) takes the normal path."""
     server = make_server(max_queue_size=2, max_batch_size=1, retry_after_s=3, api_key="k",
                          cors_origins=["http://ui.example"])
-    slow(server.manager.models["reviews"], 1.0)
+    model = server.manager.models["reviews"]
+    entered, release = threading.Event(), threading.Event()
+    held(model, entered, release)
     key = {"X-API-Key": "k"}
     first = threading.Thread(target=httpx.post, args=(f"{server.url}/v1/classify",),
                              kwargs={"json": {"texts": [POSITIVE]}, "headers": key, "timeout": 30})
     second = threading.Thread(target=httpx.post, args=(f"{server.url}/v1/classify",),
                               kwargs={"json": {"texts": [POSITIVE, NEGATIVE]}, "headers": key, "timeout": 30})
     first.start()
-    time.sleep(0.3)  # the first request is computing
+    assert entered.wait(30)  # the first request is computing, held
     second.start()
-    time.sleep(0.3)  # the second fills the queue (2 texts)
-    assert server.manager.models["reviews"].queue.depth == 2
+    wait_for(lambda: model.queue.depth == 2)  # the second fills the queue (2 texts)
     infer = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [POSITIVE]}]}
     shed = [httpx.post(f"{server.url}/v1/classify", content=b"{not json", headers=key),
             httpx.post(f"{server.url}/v2/models/reviews/infer", json=infer, headers=key)]
@@ -77,6 +114,7 @@ def test_full_queue_sheds_at_the_edge_before_reading_the_body(make_server):
     translated = httpx.post(f"{server.url}/v1/translate", json={"texts": ["two five"], "beam_size": 1}, headers=key,
                             timeout=30)
     assert translated.status_code == 200  # another model's queue has room
+    release.set()
     first.join()
     second.join()
     again = httpx.post(f"{server.url}/v1/classify", json={"texts": [POSITIVE]}, headers=key, timeout=30)
@@ -89,14 +127,25 @@ def test_full_queue_sheds_at_the_edge_before_reading_the_body(make_server):
 
 def test_expired_deadline_gets_504_and_its_work_is_skipped(make_server):
     server = make_server(max_batch_size=8)
+    model = server.manager.models["reviews"]
     calls: list[int] = []
-    slow(server.manager.models["reviews"], 0.6, calls)
+    slow(model, 0.0, calls)
+    entered, release = threading.Event(), threading.Event()
+    held(model, entered, release)
     first = threading.Thread(target=classify, args=(server.url, [POSITIVE]))
     first.start()
-    time.sleep(0.2)  # the first batch is computing; the next request waits in the queue
-    late = httpx.post(f"{server.url}/v1/classify", json={"texts": [NEGATIVE, NEGATIVE]},
-                      headers={"X-Timeout-Ms": "100"}, timeout=30)
+    assert entered.wait(30)  # the first batch is computing, held; the next request waits in the queue
+    answer: list[httpx.Response] = []
+    sent = time.monotonic()
+    late = threading.Thread(target=lambda: answer.append(httpx.post(
+        f"{server.url}/v1/classify", json={"texts": [NEGATIVE, NEGATIVE]}, headers={"X-Timeout-Ms": "100"},
+        timeout=30)))
+    late.start()
+    wait_for(lambda: model.queue.depth == 2 and time.monotonic() > sent + 0.2)  # queued, and past its deadline
+    release.set()
     first.join()
+    late.join()
+    (late,) = answer
     assert late.status_code == 504 and "work skipped" in late.json()["error"]
     assert calls == [1]  # the expired texts never reached the model
     v2 = httpx.post(f"{server.url}/v2/models/reviews/infer", json={
@@ -122,13 +171,19 @@ def test_a_failing_batch_fails_its_requests_with_500_and_the_batcher_goes_on(mak
 
 def test_a_client_that_disconnects_has_its_work_dropped(make_server):
     server = make_server(max_batch_size=8)
+    model = server.manager.models["reviews"]
     calls: list[int] = []
-    slow(server.manager.models["reviews"], 0.8, calls)
+    slow(model, 0.0, calls)
+    entered, release = threading.Event(), threading.Event()
+    held(model, entered, release)
     first = threading.Thread(target=classify, args=(server.url, [POSITIVE]))
     first.start()
-    time.sleep(0.2)
+    assert entered.wait(30)  # held: the next request can only wait in the queue
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/v1/classify", json={"texts": [NEGATIVE] * 3}, timeout=0.2)
+    wait_for(lambda: metric(httpx.get(f"{server.url}/metrics").text, "seqserve_requests_total", model="reviews",
+                            status="499") == 1)  # the server has seen the client go
+    release.set()
     first.join()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -142,22 +197,39 @@ def test_a_client_that_disconnects_has_its_work_dropped(make_server):
 
 
 def test_hot_reload_during_a_burst_loses_nothing(make_server, repo):
-    server = make_server(enable_model_control=True)
+    """Requests taken in before a load are answered by the old version, even while it is still busy with them;
+    requests after the load by the new one, at once, all of them in bursts; nothing is lost."""
+    server = make_server(enable_model_control=True, max_batch_size=4)
     shutil.copytree(repo / "reviews" / "1", repo / "reviews" / "2")
+    old = server.manager.models["reviews"]
+    entered, release = threading.Event(), threading.Event()
+    held(old, entered, release)
 
-    async def scenario() -> tuple[list[httpx.Response], httpx.Response]:
-        load = asyncio.create_task(asyncio.sleep(0.3))
-        traffic = asyncio.create_task(burst(server.url, [POSITIVE, NEGATIVE] * 150, concurrency=16))
-        await load
-        async with httpx.AsyncClient(timeout=60) as client:
+    async def scenario() -> tuple[httpx.Response, list[httpx.Response], httpx.Response, list[httpx.Response]]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
+            async def one(text: str) -> httpx.Response:
+                return await client.post(f"{server.url}/v1/classify", json={"texts": [text]})
+
+            first = asyncio.create_task(one(POSITIVE))
+            await asyncio.to_thread(entered.wait, 30)  # version 1 is computing the first batch, and holds it
+            queued = [asyncio.create_task(one(t)) for t in [POSITIVE, NEGATIVE] * 10]
+            while old.queue.depth < len(queued):  # all of them wait in version 1's queue
+                await asyncio.sleep(0.01)
             loaded = await client.post(f"{server.url}/v2/repository/models/reviews/load")
-        return await traffic, loaded
+            assert not first.done() and not any(t.done() for t in queued)  # version 1 still has them
+            after = await asyncio.gather(*[one(t) for t in [NEGATIVE, POSITIVE] * 10])  # answered by version 2
+            assert not first.done()
+            release.set()
+            return await first, await asyncio.gather(*queued), loaded, after
 
-    responses, loaded = asyncio.run(scenario())
+    first, queued, loaded, after = asyncio.run(scenario())
     assert loaded.status_code == 200 and loaded.json()["version"] == "2"
-    assert all(r.status_code == 200 for r in responses)
-    assert {r.json()["version"] for r in responses} <= {1, 2}
-    assert [r.json()["results"][0]["label"] for r in responses] == ["pos", "neg"] * 150
+    assert first.status_code == 200 and first.json()["version"] == 1
+    assert [(r.status_code, r.json()["version"]) for r in queued] == [(200, 1)] * len(queued)
+    assert [r.json()["results"][0]["label"] for r in queued] == ["pos", "neg"] * 10
+    assert [(r.status_code, r.json()["version"]) for r in after] == [(200, 2)] * len(after)
+    assert [r.json()["results"][0]["label"] for r in after] == ["neg", "pos"] * 10
+
     assert httpx.get(f"{server.url}/v2/models/reviews").json()["versions"] == ["2"]
     index = httpx.post(f"{server.url}/v2/repository/index").json()
     assert {(m["version"], m["state"]) for m in index if m["name"] == "reviews"} == {("1", "UNAVAILABLE"),
@@ -168,21 +240,28 @@ def test_hot_reload_during_a_burst_loses_nothing(make_server, repo):
 
 
 def test_sigterm_during_a_burst_answers_every_accepted_request(repo, tmp_path):
+    """Every request the server took in (its access log names each one by its X-Request-Id) is answered with a 200
+    that reaches its client; a client error is allowed only for a request the server never saw."""
     server = ProcessServer(repo, tmp_path / "server.log", log_level="debug", max_queue_delay_ms="5")
-    results: list[httpx.Response | Exception] = []
+    texts = [POSITIVE, NEGATIVE] * 300
+    results: dict[str, httpx.Response | Exception] = {}
+    half_answered = asyncio.Event()
 
     async def scenario() -> None:
-        async def one(client: httpx.AsyncClient, text: str) -> None:
+        async def one(client: httpx.AsyncClient, i: int, text: str) -> None:
+            rid = f"sigterm-{i}"
             try:
-                results.append(await client.post(f"{server.url}/v1/classify", json={"texts": [text]}))
-            except httpx.HTTPError as exc:  # refused after shutdown began: never accepted
-                results.append(exc)
+                results[rid] = await client.post(f"{server.url}/v1/classify", json={"texts": [text]},
+                                                 headers={"X-Request-Id": rid})
+            except httpx.HTTPError as exc:
+                results[rid] = exc
+            if sum(isinstance(r, httpx.Response) for r in results.values()) >= 50:
+                half_answered.set()
 
         limits = httpx.Limits(max_connections=32)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-            tasks = [asyncio.create_task(one(client, t)) for t in [POSITIVE, NEGATIVE] * 300]
-            while sum(isinstance(r, httpx.Response) for r in results) < 50:
-                await asyncio.sleep(0.01)
+            tasks = [asyncio.create_task(one(client, i, t)) for i, t in enumerate(texts)]
+            await half_answered.wait()
             server.proc.send_signal(15)
             await asyncio.gather(*tasks)
 
@@ -190,12 +269,18 @@ def test_sigterm_during_a_burst_answers_every_accepted_request(repo, tmp_path):
     # Wait for the drain to finish: a second SIGTERM (stop()) during interpreter shutdown would kill it.
     assert server.proc.wait(60) == 0
     server.stop()
-    answered = [r for r in results if isinstance(r, httpx.Response)]
-    assert all(r.status_code == 200 for r in answered)
     log = (tmp_path / "server.log").read_text()
-    handled = re.findall(r"POST /v1/classify (\d+)", log)
-    assert handled and set(handled) == {"200"}  # nothing the server took in ended in an error
-    assert len(handled) == len(answered)  # and every one of them reached its client
+    taken_in = dict(re.findall(r"\[(sigterm-\d+)\] POST /v1/classify (\d+)", log))
+    assert len(results) == len(texts) and len(taken_in) >= 50
+    assert set(taken_in.values()) == {"200"}  # nothing the server took in ended in an error
+    for rid, result in results.items():
+        if rid in taken_in:  # accepted: its answer reached the client, and is right
+            assert isinstance(result, httpx.Response) and result.status_code == 200, (rid, result)
+            assert result.headers["x-request-id"] == rid
+            label = result.json()["results"][0]["label"]
+            assert label == ("pos" if texts[int(rid.split("-")[1])] == POSITIVE else "neg")
+        else:  # never accepted: refused or closed at the connection, never an HTTP answer
+            assert isinstance(result, httpx.TransportError), (rid, result)
     assert "Application shutdown complete" in log
 
 
