@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     max_headers: int = Field(100, ge=8, description="request header lines before 431")
     body_timeout_s: float = Field(60.0, gt=0, description="longest time a request body may take to arrive, "
                                   "from its first byte, before 408")
+    header_timeout_s: float = Field(10.0, gt=0, description="longest time a request's line and headers may take "
+                                    "to arrive, from their first byte, before 408 and a closed connection")
+    idle_timeout_s: float = Field(5.0, gt=0, description="a connection with no request under way (new, or after "
+                                  "a response) is closed after this")
 
     drain_timeout_s: float = Field(30.0, ge=0, description="bound on finishing in-flight work at shutdown")
     api_key: str | None = Field(None, description="required for inference endpoints when set")

@@ -18,6 +18,7 @@ from bench.server import free_port, stop_process, wait_ready
 from models.classifier import ClassifierConfig
 from models.seq2seq import Seq2SeqConfig
 from service.app import create_app
+from service.server import uvicorn_config
 from service.settings import Settings
 from tests.conftest import synthetic_pairs, synthetic_reviews, write_csv, write_tsv
 from training.classify import ClassifierJob, LabelledData
@@ -69,8 +70,7 @@ class ThreadServer:
     def __init__(self, settings: Settings, fast_routes: bool = True) -> None:
         self.app = create_app(settings, fast_routes=fast_routes)
         self.url = f"http://127.0.0.1:{settings.port}"
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_config=None, lifespan="on",
-                                timeout_graceful_shutdown=10)
+        config = uvicorn_config(self.app, settings.model_copy(update={"host": "127.0.0.1", "drain_timeout_s": 10}))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from bench.server import free_port
+from service.protocol import HEAD_SLACK
 from service.settings import Settings
 from tests.fixtures import ThreadServer
 from tests.service.api.test_bad_input import ENDPOINTS, expect, request_for, send
@@ -273,3 +274,47 @@ def test_a_body_that_never_arrives_in_full_gets_408(make_server, endpoint):
     assert requests_with_status(server, ROUTES[endpoint], "408") == 1
     good = send(server, path, json=request_for(endpoint, ["one two"])[1])
     assert good.status_code == 200, good.text[:300]
+
+
+def connect(server: ThreadServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30)
+
+
+def test_half_sent_headers_get_408_and_a_silent_connection_is_closed(make_server):
+    """Read by the HTTP protocol itself (service/protocol.py): headers must be complete within header_timeout_s
+    of their first byte; a connection that never begins a request is closed after idle_timeout_s."""
+    server = make_server(header_timeout_s=0.5, idle_timeout_s=0.5)
+    half = connect(server)
+    half.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl")  # and no more
+    status, answer = read_status(half)
+    half.close()
+    assert status == 408 and json.loads(answer) == {"error": "request headers not complete within 0.5 s"}
+    silent = connect(server)
+    assert silent.recv(1024) == b""  # closed by the server, without an answer to a request never made
+    silent.close()
+    kept = connect(server)  # a connection in use is not cut: its next request comes within the idle time
+    for _ in range(2):
+        kept.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_status(kept)[0] == 200
+    kept.close()
+    good = send(server, "/v1/classify", json={"texts": ["one two"]})
+    assert good.status_code == 200, good.text[:300]
+
+
+@pytest.mark.parametrize("shape", ["one 8 MiB header", "100,000 headers"])
+def test_a_huge_request_head_is_refused_as_it_arrives(server, no_tracebacks, shape):
+    """431 once the head passes max_header_bytes plus room for the request line: the rest is never read."""
+    if shape == "one 8 MiB header":
+        head = b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (8 << 20)
+    else:
+        head = b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"x-h%d: 1\r\n" % i
+                                                                             for i in range(100_000))
+    limit = Settings().max_header_bytes + HEAD_SLACK  # the module server's limit on a head
+    sock = connect(server)
+    sock.sendall(head[:limit + 1])  # the refusal comes once these bytes are read, with none left unread
+    status, answer = read_status(sock)
+    assert status == 431 and b"request head exceeds" in answer, answer
+    with pytest.raises(OSError):  # the server has closed the connection: the other megabytes go nowhere
+        sock.sendall(head[limit + 1:])
+    sock.close()
+    assert httpx.get(server.url + "/v2/health/live", timeout=10).status_code == 200

@@ -1,0 +1,85 @@
+"""uvicorn's httptools HTTP/1.1 protocol with the limits it lacks, enforced while the request head is read:
+
+- a connection must begin a request within `idle_timeout_s` of opening, as between requests (uvicorn's
+  keep-alive timeout only starts after a response: a connection that sends nothing stayed open for ever);
+- a request's head (request line and headers) must be complete within `header_timeout_s` of its first byte,
+  else 408 and the connection is closed (a client sending half its headers held the connection for ever);
+- a head larger than `max_header_bytes` is refused with 431 as soon as that many bytes have come, not buffered
+  whole first (the application's own 431 checks then see only heads under the limit).
+
+The body's time limit and the header-count limit are the middleware's (`service.api.middleware`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+HEAD_SLACK = 8 * 1024  # the request line and the line breaks, on top of the header names and values
+
+
+def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[HttpToolsProtocol]:
+    """The protocol class for uvicorn.Config(http=...), with these limits."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
+                {"header_timeout_s": header_timeout_s, "max_head_bytes": max_header_bytes + HEAD_SLACK})
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    header_timeout_s = 10.0
+    max_head_bytes = 16 * 1024 + HEAD_SLACK
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes: int | None = None  # bytes of the head being read; None between requests
+        # idle from the start, as after a response
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:  # the parser met a request's first byte
+        super().on_message_begin()
+        self._stop_head_timer()
+        self._head_bytes = 0
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_bytes is not None:  # these bytes began or went on with a head that is not complete yet
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(431, f"request head exceeds {self.max_head_bytes} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._stop_head_timer()
+        self._head_bytes = None
+        super().on_headers_complete()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        self._refuse(408, f"request headers not complete within {self.header_timeout_s:g} s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._stop_head_timer()
+        self._head_bytes = None
+        if self.transport.is_closing():
+            return
+        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        body = json.dumps({"error": message}).encode()
+        head: list[Any] = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)]
+        self.logger.info("refused a request head: %s", message)
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
