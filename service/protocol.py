@@ -5,7 +5,9 @@
 - a request's head (request line and headers) must be complete within `header_timeout_s` of its first byte,
   else 408 and the connection is closed (a client sending half its headers held the connection for ever);
 - a head larger than `max_header_bytes` is refused with 431 as soon as that many bytes have come, not buffered
-  whole first (the application's own 431 checks then see only heads under the limit).
+  whole first (the application's own 431 checks then see only heads under the limit);
+- past `max_connections` open connections, a request is answered 503 with Retry-After and its connection closed,
+  before the process runs out of file descriptors (where new connections would fail with no answer at all).
 
 The body's time limit and the header-count limit are the middleware's (`service.api.middleware`).
 """
@@ -21,15 +23,19 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 HEAD_SLACK = 8 * 1024  # the request line and the line breaks, on top of the header names and values
 
 
-def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[HttpToolsProtocol]:
+def guarded_protocol(header_timeout_s: float, max_header_bytes: int, max_connections: int,
+                     retry_after_s: int) -> type[HttpToolsProtocol]:
     """The protocol class for uvicorn.Config(http=...), with these limits."""
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
-                {"header_timeout_s": header_timeout_s, "max_head_bytes": max_header_bytes + HEAD_SLACK})
+                {"header_timeout_s": header_timeout_s, "max_head_bytes": max_header_bytes + HEAD_SLACK,
+                 "max_connections": max_connections, "retry_after": str(retry_after_s).encode()})
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0
     max_head_bytes = 16 * 1024 + HEAD_SLACK
+    max_connections = 1_000_000
+    retry_after = b"1"
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -58,7 +64,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_head_timer()
         self._head_bytes = None
+        if len(self.connections) > self.max_connections:  # this one included: answered 503, then closed
+            app, self.app = self.app, self._too_many_connections
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+            return
         super().on_headers_complete()
+
+    async def _too_many_connections(self, scope: Any, receive: Any, send: Any) -> None:
+        """503 once the body is in (a client still writing it would see a reset instead of the answer), with
+        Retry-After and `connection: close`, which frees the connection."""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            more = message.get("more_body", False)
+        body = json.dumps({"error": f"more than max_connections={self.max_connections} open connections; "
+                                    "retry later"}).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                                (b"retry-after", self.retry_after), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:

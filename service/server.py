@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import sys
 from typing import Any
@@ -14,6 +15,7 @@ from service.app import create_app
 from service.protocol import guarded_protocol
 from service.settings import Settings
 
+log = logging.getLogger("seqserve.server")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
@@ -34,21 +36,53 @@ def tune_interpreter(settings: Settings) -> None:
     sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
 
 
-def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+FILES_IN_RESERVE = 128  # descriptors kept for model files, sessions, logs and the loop beside the connections
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (often 1,024 against 524,288: every
+    connection is a file); the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+    return soft
+
+
+def connection_limit(settings: Settings, open_files: int) -> int:
+    """SEQSERVE_MAX_CONNECTIONS, or as many as the open-file limit leaves room for."""
+    room = max(1, open_files - FILES_IN_RESERVE)
+    if settings.max_connections is None:
+        return room
+    if settings.max_connections > room:
+        log.warning("max_connections=%d is more than the open-file limit (%d) leaves room for; using %d",
+                    settings.max_connections, open_files, room)
+    return min(settings.max_connections, room)
+
+
+def uvicorn_config(app: Any, settings: Settings, open_files: int | None = None) -> uvicorn.Config:
     """How the app is served: the connection limits of the settings, no uvicorn logging config."""
+    open_files = open_files if open_files is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    protocol = guarded_protocol(settings.header_timeout_s, settings.max_header_bytes,
+                                connection_limit(settings, open_files), settings.retry_after_s)
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # a float works
         timeout_keep_alive=settings.idle_timeout_s,  # type: ignore[arg-type]  # a float works
-        http=guarded_protocol(settings.header_timeout_s, settings.max_header_bytes),
-        limit_concurrency=None, lifespan="on",
+        http=protocol, limit_concurrency=None, lifespan="on",
     )
 
 
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
     tune_interpreter(settings)
-    config = uvicorn_config(create_app(settings), settings)
+    open_files = raise_open_file_limit()
+    config = uvicorn_config(create_app(settings), settings, open_files)
+    log.info("open-file limit %d: up to %d connections", open_files, connection_limit(settings, open_files))
     # uvicorn drains on SIGTERM, then re-raises the signal under the handler found at start; this one
     # turns that into a clean exit 0 (a graceful stop is not a failure).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

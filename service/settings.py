@@ -53,6 +53,8 @@ class Settings(BaseSettings):
                                   "from its first byte, before 408")
     header_timeout_s: float = Field(10.0, gt=0, description="longest time a request's line and headers may take "
                                     "to arrive, from their first byte, before 408 and a closed connection")
+    max_connections: int | None = Field(None, ge=1, description="open connections before a request gets 503 "
+                                        "with Retry-After (default: what the open-file limit leaves room for)")
     idle_timeout_s: float = Field(5.0, gt=0, description="a connection with no request under way (new, or after "
                                   "a response) is closed after this")
 

@@ -4,6 +4,7 @@ fault injection, or a `seqserve serve` process)."""
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -108,14 +109,20 @@ def make_server(repo: Path) -> Iterator[object]:
 class ProcessServer:
     """`seqserve serve` as a child process; always stopped by its PID."""
 
-    def __init__(self, repo: Path, log_path: Path, **env: str) -> None:
+    def __init__(self, repo: Path, log_path: Path, open_files: tuple[int, int] | None = None, **env: str) -> None:
+        """open_files: the server's (soft, hard) limits on open files, as `ulimit -Sn`/`-Hn` would set them."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, **{f"SEQSERVE_{k.upper()}": v for k, v in env.items()}}
         self.log = log_path.open("wb")
+
+        def limit_files() -> None:
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
         self.proc = subprocess.Popen([str(BIN / "seqserve"), "serve", "--model-repository", str(repo),
                                       "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=full_env)
+                                     env=full_env, preexec_fn=limit_files)
         wait_ready(self.url, timeout=90, proc=self.proc)
 
     def stop(self) -> int:

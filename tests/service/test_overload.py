@@ -116,3 +116,61 @@ def test_burst_at_ten_times_capacity(repo, tmp_path):
           f"{1000 * statistics.median(t for _, t, _ in after):.1f} ms; RSS {rss_before:.0f} -> {rss_after:.0f} MB; "
           f"503s answered by the server within 1 / 5 / 25 ms of arrival: "
           + " / ".join(f"{served_503[le] / served_503['+Inf']:.0%}" for le in ("0.001", "0.005", "0.025")))
+
+
+async def translate_burst(url: str, count: int, concurrency: int, keep_alive: bool) -> list[object]:
+    """`count` translate requests, `concurrency` at a time, each an aiohttp answer (status, Retry-After, body) or
+    the exception that ended it."""
+    import aiohttp
+
+    texts = ["one two three", "seven eight nine four", "five six", "zero one two three four five"]
+    gate = asyncio.Semaphore(concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=not keep_alive)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        async def one(i: int) -> object:
+            async with gate:
+                try:
+                    body = {"model": "numbers", "texts": [texts[i % 4]], "beam_size": 1}
+                    async with session.post(f"{url}/v1/translate", json=body) as r:
+                        return r.status, r.headers.get("Retry-After"), await r.read()
+                except (aiohttp.ClientError, OSError) as exc:
+                    return exc
+
+        return await asyncio.gather(*[one(i) for i in range(count)])
+
+
+def answered(results: list[object]) -> list[tuple[int, str | None, bytes]]:
+    errors = [r for r in results if not isinstance(r, tuple)]
+    assert not errors, f"{len(errors)} requests got no answer; first: {errors[0]!r}"
+    for status, retry_after, _ in results:  # type: ignore[misc]
+        assert status == 200 or (status == 503 and retry_after), status
+    return results  # type: ignore[return-value]
+
+
+def test_a_burst_past_the_open_file_soft_limit_is_answered_in_full(repo, tmp_path):
+    """Each connection is a file. With the usual soft limit (here 128), a burst of 600 connections ran the process
+    out of descriptors, and the event loop dropped connections unanswered; seqserve serve raises its soft limit to
+    the hard limit, so every request gets an answer."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    server = ProcessServer(repo, tmp_path / "server.log", open_files=(128, hard))
+    try:
+        results = answered(asyncio.run(translate_burst(server.url, 2000, 600, keep_alive=False)))
+    finally:
+        assert server.stop() == 0
+    assert sum(status == 200 for status, _, _ in results) > 0
+    assert f"open-file limit {hard}:" in (tmp_path / "server.log").read_text()
+
+
+def test_connections_past_max_connections_get_503_with_retry_after(repo, tmp_path):
+    server = ProcessServer(repo, tmp_path / "server.log", max_connections="20", retry_after_s="3")
+    try:
+        results = answered(asyncio.run(translate_burst(server.url, 600, 120, keep_alive=True)))
+        after = httpx.post(f"{server.url}/v1/translate", json={"model": "numbers", "texts": ["two five"]}, timeout=30)
+    finally:
+        assert server.stop() == 0
+    refused = [(r, body) for status, r, body in results if status == 503]
+    assert refused and sum(status == 200 for status, _, _ in results) > 0
+    assert all(r == "3" and b"max_connections=20" in body for r, body in refused)
+    assert after.status_code == 200  # with the burst gone, a request is served again
