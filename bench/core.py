@@ -170,6 +170,18 @@ def run_closed_loop(url: str, source: CallSource, concurrency: int, seconds: flo
     return asyncio.run(closed_loop(url, source, concurrency, seconds, warmup=warmup, check=check))
 
 
+def arrivals(rate: float, horizon: float, seed: int) -> list[float]:
+    """Poisson arrival times (seconds from the start) before `horizon`: the same for the same seed, however fast
+    the machine, so an open loop's request count in its window is known in advance."""
+    rng = random.Random(seed)
+    times: list[float] = []
+    at = 0.0
+    while at < horizon:
+        times.append(at)
+        at += rng.expovariate(rate)
+    return times
+
+
 async def open_loop(url: str, source: CallSource, rate: float, seconds: float, *, warmup: float = 1.0,
                     timeout: float = 300.0, check: Check | None = None, max_in_flight: int = 2048,
                     seed: int = 0) -> Window:
@@ -183,13 +195,12 @@ async def open_loop(url: str, source: CallSource, rate: float, seconds: float, *
     if rate <= 0 or seconds <= 0 or warmup < 0:
         raise ValueError("open_loop needs rate > 0, seconds > 0 and warmup >= 0")
     window = Window(round(rate), seconds, {})
-    rng = random.Random(seed)
     in_flight: set[asyncio.Task[None]] = set()
     last_answer = 0.0
     connector = aiohttp.TCPConnector(limit=max_in_flight)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        begin = time.perf_counter() + warmup
-        end = begin + seconds
+        origin = time.perf_counter()
+        begin, end = origin + warmup, origin + warmup + seconds
 
         async def one(call: Call, scheduled: float) -> None:
             nonlocal last_answer
@@ -199,10 +210,8 @@ async def open_loop(url: str, source: CallSource, rate: float, seconds: float, *
                 window.record(call.kind, call.texts, done - scheduled, error)
                 last_answer = max(last_answer, done)
 
-        at = time.perf_counter()
-        for n in itertools.count():
-            if at >= end:
-                break
+        for n, offset in enumerate(arrivals(rate, warmup + seconds, seed)):
+            at = origin + offset
             if (wait := at - time.perf_counter()) > 0:
                 await asyncio.sleep(wait)
             call = source(0, n)
@@ -213,7 +222,6 @@ async def open_loop(url: str, source: CallSource, rate: float, seconds: float, *
                 task = asyncio.create_task(one(call, at))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
-            at += rng.expovariate(rate)
         await asyncio.gather(*in_flight)
     window.seconds = max(seconds, last_answer - begin)
     return window

@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # locust imports this file with only its own folder on the path
     sys.path.insert(0, str(ROOT))
 
+import gevent  # noqa: E402
 from locust import HttpUser, LoadTestShape, events, tag, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
+from locust.exception import StopUser  # noqa: E402
 
 from loadtest.workload import (  # noqa: E402
     CheckCounter,
@@ -43,6 +45,7 @@ from loadtest.workload import (  # noqa: E402
 log = logging.getLogger("seqserve.loadtest")
 CHECKS = CheckCounter()
 LABELS = ExpectedLabels()
+STOPPED: list[Any] = []  # users that made their --iterations requests
 
 
 @events.init_command_line_parser.add_listener
@@ -63,6 +66,8 @@ def _options(parser: Any) -> None:
     group.add_argument("--step-users", type=int, default=0, help="step load: add this many users every step")
     group.add_argument("--step-seconds", type=float, default=30.0, help="step load: length of a step")
     group.add_argument("--step-count", type=int, default=0, help="step load: steps before stopping (0: until -t)")
+    group.add_argument("--iterations", type=int, default=0, help="requests each user makes before it stops; the "
+                       "run ends when every user has stopped (0: no limit, until -t)")
 
 
 def texts_file_for(kind: str, options: Any) -> str:
@@ -95,19 +100,34 @@ class SeqserveUser(HttpUser):
 
     def judge(self, kind: str, response: Any, check: Callable[[Any], str | None]) -> None:
         """Mark the answer a failure unless it is a 200 whose content passes `check`; count what was checked."""
-        if response.status_code != 200:
-            CHECKS.record(kind, "http_error")
-            response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
-            return
         try:
-            error = check(response)
-        except ValueError as exc:  # the body is not JSON
-            error = f"unreadable answer: {exc}"
-        CHECKS.record(kind, "failed" if error else "ok")
-        if error:
-            response.failure(error)
-        else:
-            response.success()
+            if response.status_code != 200:
+                CHECKS.record(kind, "http_error")
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            try:
+                error = check(response)
+            except ValueError as exc:  # the body is not JSON
+                error = f"unreadable answer: {exc}"
+            CHECKS.record(kind, "failed" if error else "ok")
+            if error:
+                response.failure(error)
+            else:
+                response.success()
+        finally:
+            self.count_iteration()
+
+    def count_iteration(self) -> None:
+        """With --iterations N: after its Nth request the user stops, and the last user to stop ends the run."""
+        limit = self.environment.parsed_options.iterations
+        self.iterations = getattr(self, "iterations", 0) + 1
+        if not limit or self.iterations < limit:
+            return
+        STOPPED.append(self)
+        runner = self.environment.runner
+        if runner is not None and len(STOPPED) >= runner.target_user_count:
+            gevent.spawn(runner.quit)  # not from this user's own greenlet, which quit() stops
+        raise StopUser()
 
 
 class ClassifyUser(SeqserveUser):

@@ -6,8 +6,9 @@
   else 408 and the connection is closed (a client sending half its headers held the connection for ever);
 - a head larger than `max_header_bytes` is refused with 431 as soon as that many bytes have come, not buffered
   whole first (the application's own 431 checks then see only heads under the limit);
-- past `max_connections` open connections, a request is answered 503 with Retry-After and its connection closed,
-  before the process runs out of file descriptors (where new connections would fail with no answer at all).
+- `max_connections` connections at a time hold a place (the first to come, as places free); a request on any
+  other is answered 503 with Retry-After and its connection closed, before the process runs out of file
+  descriptors (where new connections would fail with no answer at all).
 
 The body's time limit and the header-count limit are the middleware's (`service.api.middleware`).
 """
@@ -39,14 +40,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._places: set[GuardedHttpToolsProtocol] = self.server_state.__dict__.setdefault("seqserve_places", set())
+        self._take_place()
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes: int | None = None  # bytes of the head being read; None between requests
         # idle from the start, as after a response
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._places.discard(self)
         self._stop_head_timer()
         super().connection_lost(exc)
+
+    def _take_place(self) -> bool:
+        if self not in self._places and len(self._places) < self.max_connections:
+            self._places.add(self)
+        return self in self._places
 
     def on_message_begin(self) -> None:  # the parser met a request's first byte
         super().on_message_begin()
@@ -64,7 +73,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_head_timer()
         self._head_bytes = None
-        if len(self.connections) > self.max_connections:  # this one included: answered 503, then closed
+        if not self._take_place():  # no place among max_connections: answered 503, then closed
             app, self.app = self.app, self._too_many_connections
             try:
                 super().on_headers_complete()

@@ -17,6 +17,7 @@ from bench.core import (
     Call,
     Point,
     Window,
+    arrivals,
     batches,
     checked,
     function_loop,
@@ -174,11 +175,20 @@ def test_open_loop_keeps_its_arrival_rate_and_times_from_the_scheduled_start(mak
     url = make_server().url
     texts = ["the film is superb", "a dull movie", "one two three"]
     w = run_open_loop(f"{url}/v1/classify", classify_source(texts, "reviews"), 40.0, 1.5, warmup=0.2,
-                      check=check_classify)
+                      check=check_classify, seed=3)
     stats = w.kinds["all"]
     assert w.level == 40 and stats.errors == 0 and w.first_error is None
-    assert 20 <= stats.requests <= 110  # Poisson arrivals: 60 expected in 1.5 s (6 standard deviations: 15..105)
+    scheduled = [t for t in arrivals(40.0, 1.7, seed=3) if 0.2 <= t < 1.7]  # the window's arrivals, known ahead
+    assert stats.requests == len(scheduled) and 30 <= len(scheduled) <= 90  # about 60 at 40/s
     assert stats.texts == stats.requests and min(stats.latencies) > 0 and w.seconds >= 1.5
+
+
+def test_arrivals_are_poisson_and_the_same_for_a_seed():
+    times = arrivals(100.0, 50.0, seed=7)
+    assert times == arrivals(100.0, 50.0, seed=7) and times != arrivals(100.0, 50.0, seed=8)
+    assert times[0] == 0.0 and all(a < b for a, b in zip(times, times[1:], strict=False)) and times[-1] < 50.0
+    gaps = np.diff(times)
+    assert abs(len(times) - 5000) < 5 * math.sqrt(5000) and abs(gaps.mean() - 0.01) < 0.001
 
 
 def test_open_loop_counts_requests_beyond_its_in_flight_bound_as_refused():
@@ -196,8 +206,8 @@ def test_open_loop_counts_requests_beyond_its_in_flight_bound_as_refused():
     finally:
         listener.close()
     stats = w.kinds["all"]
-    assert stats.requests > 50 and stats.texts == 0 and stats.errors == stats.requests
-    assert w.first_error is not None
+    assert stats.requests == len(arrivals(200.0, 0.5, seed=0)) and stats.texts == 0  # every arrival counted
+    assert stats.errors == stats.requests and w.first_error is not None
 
 
 def test_variants_pair_the_latest_fp32_version_with_its_int8_version(tmp_path):

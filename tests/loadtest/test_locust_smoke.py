@@ -5,52 +5,67 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
 import subprocess
 import sys
-import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from loadtest.workload import parse_check_line
 from tests.conftest import ROOT
+from tests.service.api.test_api import metric
 
 LOCUST = Path(sys.executable).parent / "locust"
 NAMES = {"classify": "/v1/classify", "translate": "/v1/translate", "stream": "/v1/translate/stream"}
 
 
-def run_locust(url: str, tmp_path: Path, *args: str) -> tuple[int, dict[str, dict[str, str]], dict[str, dict], str]:
-    """Exit code, the CSV stats rows by name, the final stats by name, and the log.
+def run_locust(url: str, tmp_path: Path, *args: str, during: Callable[[], None] | None = None,
+               ) -> tuple[int, dict[str, dict[str, str]], dict[str, dict], str]:
+    """Exit code, the CSV stats rows by name, the final stats by name, and the log. With `during`, locust is
+    stopped (Ctrl-C: it writes its stats and exits) once `during` has returned.
 
     The CSV is rewritten every second while locust runs, so its counts may miss the last second; the JSON file
     is written at exit from the final stats and is the one to compare exact counts with."""
     texts = tmp_path / "texts.txt"
     texts.write_text("one two three\nseven eight nine four\nfive six\nzero one two three four five\n", "utf-8")
     prefix = tmp_path / "run"
-    proc = subprocess.run(
-        [str(LOCUST), "-f", "loadtest/locustfile.py", "--headless", "--host", url, "--csv", str(prefix),
-         "--html", str(tmp_path / "report.html"), "--json-file", str(prefix), "--only-summary",
-         "--texts-file", str(texts), "--classifier-model", "reviews", "--translator-model", "numbers",
-         "--think-time", "0.05", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    log_path = tmp_path / "locust.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(LOCUST), "-f", "loadtest/locustfile.py", "--headless", "--host", url, "--csv", str(prefix),
+             "--html", str(tmp_path / "report.html"), "--json-file", str(prefix), "--only-summary",
+             "--texts-file", str(texts), "--classifier-model", "reviews", "--translator-model", "numbers",
+             "--think-time", "0.05", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            if during is not None:
+                during()
+                proc.send_signal(signal.SIGINT)
+            code = proc.wait(120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     with open(f"{prefix}_stats.csv", newline="", encoding="utf-8") as fh:
         rows = {row["Name"]: row for row in csv.DictReader(fh)}
     final = {entry["name"]: entry for entry in json.loads(Path(f"{prefix}.json").read_text("utf-8"))}
-    return proc.returncode, rows, final, proc.stdout + proc.stderr
+    return code, rows, final, log_path.read_text("utf-8", errors="replace")
 
 
 def test_every_request_kind_runs_and_every_answer_is_checked(make_server, tmp_path):
+    """6 users (weights 3:2:1 over classify, translate, stream) of 5 requests each, then the run ends by itself:
+    exact counts, whatever the machine's speed (-t only bounds a hang)."""
     server = make_server()
-    code, rows, final, log = run_locust(server.url, tmp_path, "-u", "6", "-r", "6", "-t", "10s",
-                                        "--classifier-labels", "neg,pos")
+    code, rows, final, log = run_locust(server.url, tmp_path, "-u", "6", "-r", "6", "-t", "100s",
+                                        "--iterations", "5", "--classifier-labels", "neg,pos")
     assert code == 0, log[-3000:]
     checks = parse_check_line(log)
-    for kind, name in NAMES.items():
-        assert int(rows[name]["Request Count"]) > 0, f"no {name} requests in the CSV"
-        assert int(rows[name]["Failure Count"]) == 0
-        requests = final[name]["num_requests"]
+    for (kind, name), users in zip(NAMES.items(), (3, 2, 1), strict=True):
+        assert final[name]["num_requests"] == users * 5, (name, final[name]["num_requests"])
         assert final[name]["num_failures"] == 0
-        assert checks[kind] == {"ok": requests, "failed": 0, "http_error": 0}
+        assert checks[kind] == {"ok": users * 5, "failed": 0, "http_error": 0}
     assert (tmp_path / "report.html").read_text("utf-8").count("/v1/classify") > 0
 
 
@@ -77,22 +92,24 @@ def test_load_and_unload_during_a_locust_run_fail_nothing(make_server, repo, tmp
     shutil.copytree(repo / "reviews" / "1", repo / "reviews" / "2")
     shutil.copytree(repo / "reviews" / "1", repo / "spare" / "1")
     server = make_server(enable_model_control=True)
-    stop, control = threading.Event(), []
+    control: list[int] = []
 
-    def churn() -> None:
-        while not stop.wait(0.5):
+    def served(model: str) -> float:
+        scrape = httpx.get(f"{server.url}/metrics", timeout=10).text
+        return metric(scrape, "seqserve_requests_total", model=model, status="200")
+
+    def churn() -> None:  # three rounds, all while locust's traffic flows (locust is stopped after them)
+        deadline = time.monotonic() + 60
+        while served("reviews") < 5 or served("numbers") < 5:
+            assert time.monotonic() < deadline, "locust sent no traffic"
+            time.sleep(0.05)
+        for _ in range(3):
             for path in ("reviews/load", "numbers/load", "spare/load", "spare/unload"):
                 control.append(httpx.post(f"{server.url}/v2/repository/models/{path}", timeout=60).status_code)
 
-    worker = threading.Thread(target=churn)
-    worker.start()
-    try:
-        code, _, final, log = run_locust(server.url, tmp_path, "-u", "6", "-r", "6", "-t", "10s",
-                                         "--classifier-labels", "neg,pos")
-    finally:
-        stop.set()
-        worker.join()
+    code, _, final, log = run_locust(server.url, tmp_path, "-u", "6", "-r", "6", "-t", "100s",
+                                     "--classifier-labels", "neg,pos", during=churn)
     assert code == 0, log[-3000:]
     assert sum(entry["num_failures"] for entry in final.values()) == 0
     assert sum(entry["num_requests"] for entry in final.values()) > 0
-    assert len(control) >= 8 and set(control) == {200}
+    assert control == [200] * 12
