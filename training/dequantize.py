@@ -10,7 +10,6 @@ the int8 weights say, without the batch-dependent activation scales, and `seqser
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from onnx import helper, numpy_helper
 
 from service.engine.repository import read_config, write_json
 from service.errors import UserError
+from training.repo_writer import new_version_from
 
 LSTM_SCALES = slice(8, 12)  # DynamicQuantizeLSTM's W_scale, W_zero_point, R_scale, R_zero_point inputs
 
@@ -107,11 +107,7 @@ def dequantize_version(source: Path, target: Path) -> Path:
     quantization = config.pop("quantization", None)
     if not quantization or not str(quantization.get("method", "")).startswith("dynamic"):
         raise UserError(f"{source} is not a dynamic int8 version")
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for name in set(config["tokenizers"].values()):
-        shutil.copyfile(source / name, target / name)
+    new_version_from(source, target, config)
     for graph in config["graphs"].values():
         dequantize_graph(source / graph, target / graph)
     config.update(name=target.parent.name, version=int(target.name),

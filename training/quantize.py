@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +21,7 @@ from service.errors import UserError
 from training.calibration import fix_activation_scales, sample_texts
 from training.evaluate import evaluate_version, load_eval_data
 from training.kinds import TOOLS
-from training.repo_writer import VersionWriter, file_digest, invocation, package_versions, stale_data
+from training.repo_writer import VersionWriter, file_digest, invocation, new_version_from, package_versions, stale_data
 
 log = logging.getLogger("seqserve.quantize")
 # What gets int8 weights. Recurrent ops (LSTM, GRU) stay in float: onnxruntime's only int8 LSTM,
@@ -54,11 +53,7 @@ def quantize_version(model_dir: Path, version: int | None = None, out: Path | No
     target = out / str(number)
     if target.resolve() == source.resolve():
         raise UserError(f"--version {number} is the source version itself")
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for name in set(config["tokenizers"].values()):
-        shutil.copyfile(source / name, target / name)
+    new_version_from(source, target, config)
     config.update(
         name=out.resolve().name, version=number,  # named after the model folder it is written into
         quantization={"method": "static int8 (onnxruntime)", "from_model": config.get("name", source.parent.name),

@@ -40,6 +40,15 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def new_version_from(source: Path, target: Path, config: dict[str, Any]) -> None:
+    """An empty `target` version folder (replacing any) with the tokenizers of `source`, for a variant of it."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for name in set(config["tokenizers"].values()):
+        shutil.copyfile(source / name, target / name)
+
+
 def invocation() -> str:
     """The seqserve command line being run, for provenance."""
     return " ".join(["seqserve", *sys.argv[1:]])
