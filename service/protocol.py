@@ -84,13 +84,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     async def _too_many_connections(self, scope: Any, receive: Any, send: Any) -> None:
         """503 once the body is in (a client still writing it would see a reset instead of the answer), with
-        Retry-After and `connection: close`, which frees the connection."""
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            more = message.get("more_body", False)
+        Retry-After and `connection: close`, which frees the connection (after header_timeout_s at most, even if the
+        body is still coming)."""
+        try:
+            async with asyncio.timeout(self.header_timeout_s):  # a place-less connection is not held for long
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            pass  # answered all the same, and closed
         body = json.dumps({"error": f"more than max_connections={self.max_connections} open connections; "
                                     "retry later"}).encode()
         await send({"type": "http.response.start", "status": 503,
