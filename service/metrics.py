@@ -36,6 +36,9 @@ class Metrics:
             ["model", "endpoint"], buckets=REJECT_BUCKETS, registry=r)
         self.rejections = Counter("seqserve_rejections", "Requests or texts refused or dropped, by reason.",
                                   ["model", "reason"], registry=r)
+        self.connection_refusals = Counter(
+            "seqserve_connection_refusals", "Requests the HTTP layer answered before the app saw them, by reason: "
+            "head_timeout (408), head_too_large (431), no_connection_place (503).", ["reason"], registry=r)
         self.tokens = Counter("seqserve_tokens", "Tokens processed (input: source texts, output: generated).",
                               ["model", "direction"], registry=r)
         self.model_info = Gauge("seqserve_model_info", "Loaded model versions (value 1).",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -24,12 +25,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 HEAD_SLACK = 8 * 1024  # the request line and the line breaks, on top of the header names and values
 
 
-def guarded_protocol(header_timeout_s: float, max_header_bytes: int, max_connections: int,
-                     retry_after_s: int) -> type[HttpToolsProtocol]:
-    """The protocol class for uvicorn.Config(http=...), with these limits."""
+def guarded_protocol(header_timeout_s: float, max_header_bytes: int, max_connections: int, retry_after_s: int,
+                     refused: Callable[[str], None] | None = None) -> type[HttpToolsProtocol]:
+    """The protocol class for uvicorn.Config(http=...), with these limits; `refused(reason)` counts each refusal."""
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
                 {"header_timeout_s": header_timeout_s, "max_head_bytes": max_header_bytes + HEAD_SLACK,
-                 "max_connections": max_connections, "retry_after": str(retry_after_s).encode()})
+                 "max_connections": max_connections, "retry_after": str(retry_after_s).encode(),
+                 "refused": staticmethod(refused or (lambda reason: None))})
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -37,6 +39,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = 16 * 1024 + HEAD_SLACK
     max_connections = 1_000_000
     retry_after = b"1"
+    refused: Callable[[str], None] = staticmethod(lambda reason: None)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -68,7 +71,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes is not None:  # these bytes began or went on with a head that is not complete yet
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
-                self._refuse(431, f"request head exceeds {self.max_head_bytes} bytes")
+                self._refuse(431, f"request head exceeds {self.max_head_bytes} bytes", "head_too_large")
 
     def on_headers_complete(self) -> None:
         self._stop_head_timer()
@@ -96,6 +99,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     more = message.get("more_body", False)
         except TimeoutError:
             pass  # answered all the same, and closed
+        self.refused("no_connection_place")
         body = json.dumps({"error": f"more than max_connections={self.max_connections} open connections; "
                                     "retry later"}).encode()
         await send({"type": "http.response.start", "status": 503,
@@ -110,16 +114,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        self._refuse(408, f"request headers not complete within {self.header_timeout_s:g} s")
+        self._refuse(408, f"request headers not complete within {self.header_timeout_s:g} s", "head_timeout")
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, reason: str) -> None:
         self._stop_head_timer()
         self._head_bytes = None
         if self.transport.is_closing():
             return
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        self.refused(reason)
+        phrase = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
         body = json.dumps({"error": message}).encode()
-        head: list[Any] = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        head: list[Any] = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
         head += [b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)]

@@ -67,8 +67,10 @@ def connection_limit(settings: Settings, open_files: int) -> int:
 def uvicorn_config(app: Any, settings: Settings, open_files: int | None = None) -> uvicorn.Config:
     """How the app is served: the connection limits of the settings, no uvicorn logging config."""
     open_files = open_files if open_files is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    metrics = getattr(getattr(app, "state", None), "metrics", None)  # the service's, when app is create_app's
+    refused = (lambda reason: metrics.connection_refusals.labels(reason).inc()) if metrics is not None else None
     protocol = guarded_protocol(settings.header_timeout_s, settings.max_header_bytes,
-                                connection_limit(settings, open_files), settings.retry_after_s)
+                                connection_limit(settings, open_files), settings.retry_after_s, refused)
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # a float works

@@ -16,6 +16,7 @@ from bench.server import free_port
 from service.protocol import HEAD_SLACK
 from service.settings import Settings
 from tests.fixtures import ThreadServer
+from tests.service.api.test_api import metric
 from tests.service.api.test_bad_input import ENDPOINTS, expect, request_for, send
 
 KEY = {"x-api-key": "k"}
@@ -276,6 +277,11 @@ def test_a_body_that_never_arrives_in_full_gets_408(make_server, endpoint):
     assert good.status_code == 200, good.text[:300]
 
 
+def refusals(server: ThreadServer, reason: str) -> float:
+    return metric(httpx.get(server.url + "/metrics", timeout=10).text, "seqserve_connection_refusals_total",
+                  reason=reason)
+
+
 def connect(server: ThreadServer) -> socket.socket:
     return socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30)
 
@@ -289,6 +295,7 @@ def test_half_sent_headers_get_408_and_a_silent_connection_is_closed(make_server
     status, answer = read_status(half)
     half.close()
     assert status == 408 and json.loads(answer) == {"error": "request headers not complete within 0.5 s"}
+    assert refusals(server, "head_timeout") == 1
     silent = connect(server)
     assert silent.recv(1024) == b""  # closed by the server, without an answer to a request never made
     silent.close()
@@ -310,6 +317,7 @@ def test_a_huge_request_head_is_refused_as_it_arrives(server, no_tracebacks, sha
         head = b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"x-h%d: 1\r\n" % i
                                                                              for i in range(100_000))
     limit = Settings().max_header_bytes + HEAD_SLACK  # the module server's limit on a head
+    before = refusals(server, "head_too_large")
     sock = connect(server)
     sock.sendall(head[:limit + 1])  # the refusal comes once these bytes are read, with none left unread
     status, answer = read_status(sock)
@@ -322,6 +330,7 @@ def test_a_huge_request_head_is_refused_as_it_arrives(server, no_tracebacks, sha
             sock.sendall(b"x" * (1 << 16))
     sock.close()
     assert httpx.get(server.url + "/v2/health/live", timeout=10).status_code == 200
+    assert refusals(server, "head_too_large") == before + 1
 
 
 def test_connections_without_a_place_get_503_even_with_a_body_that_never_ends(make_server):
@@ -351,4 +360,8 @@ def test_connections_without_a_place_get_503_even_with_a_body_that_never_ends(ma
     trickle.close()
     holder.sendall(health)  # the place is kept by its holder
     assert read_status(holder)[0] == 200
+    holder.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    status, scrape = read_status(holder)
+    assert status == 200 and metric(scrape.decode(), "seqserve_connection_refusals_total",
+                                    reason="no_connection_place") == 2
     holder.close()
