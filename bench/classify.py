@@ -169,7 +169,11 @@ def with_int8(variants: list[Variant], log_dir: Path) -> list[Variant]:
         sys.stderr.write(f"bench classify: no int8 variant ({exc}); install the train extra to compare\n")
         return variants
     source = variants[0].version_dir
-    target = quantize_version(source, version=1, out=log_dir / "int8" / source.parent.name)
+    try:
+        target = quantize_version(source, version=1, out=log_dir / "int8" / source.parent.name)
+    except UserError as exc:  # e.g. the training data to calibrate on is not on this machine
+        sys.stderr.write(f"bench classify: no int8 variant ({exc})\n")
+        return variants
     sys.stderr.write(f"bench classify: quantized {variants[0].version_dir} to {target} for the int8 series\n")
     return [*variants, Variant("int8", target)]
 

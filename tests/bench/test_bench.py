@@ -290,3 +290,18 @@ def test_bench_translate_starts_a_service_per_mode_and_reports_short_and_long(re
     assert (out / "translate-load.png").stat().st_size > 0
     assert "| static | 2 |" in (out / "translate.md").read_text()
     assert main(["bench", "translate", "--repo", str(repo), "--model", "numbers", "--modes", "fast"]) == 2
+
+
+def test_without_data_to_calibrate_on_the_bench_has_no_int8_series(classifier_version, tmp_path, capsys):
+    from bench.classify import Variant, with_int8
+    from service.engine.repository import read_config, write_json
+
+    source = tmp_path / "repo" / "reviews" / "1"
+    shutil.copytree(classifier_version, source)
+    config = read_config(source)
+    write_json(source / "config.json", {**config, "provenance": {**config["provenance"],
+                                                                 "source": str(tmp_path / "gone.csv")}})
+    variants = [Variant("fp32", source)]
+    assert with_int8(variants, tmp_path / "logs") == variants
+    err = capsys.readouterr().err
+    assert "no int8 variant" in err and "--calibration-data" in err
