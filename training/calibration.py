@@ -20,6 +20,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from service.errors import UserError
+
 log = logging.getLogger("seqserve.quantize")
 Feeds = dict[str, np.ndarray]
 # Ops whose activation quantization onnxruntime computes per batch inside the op; none may remain.
@@ -48,7 +50,7 @@ def sample_texts(texts: Sequence[str], size: int, seed: int = 0) -> list[str]:
     lengths)."""
     pool = sorted({t for t in texts if t.strip()})
     if not pool:
-        raise ValueError("no calibration texts")
+        raise UserError("no calibration texts: every text is empty")
     chosen = random.Random(seed).sample(pool, min(size, len(pool)))
     return sorted(chosen, key=len)
 
