@@ -40,6 +40,14 @@ def wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyp
         time.sleep(0.01)
 
 
+async def until(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """wait_for inside the event loop."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
 def held(model, entered: threading.Event, release: threading.Event):  # type: ignore[no-untyped-def]
     """Hold each of a served model's batches until `release` is set; `entered` says the first has begun."""
     original = model.queue.run
@@ -65,8 +73,7 @@ def test_full_queue_gets_503_with_retry_after_and_accepted_requests_finish(make_
                      for _ in range(24)]
             await asyncio.to_thread(entered.wait, 30)
             # at most 2 texts in the held batch and 4 in the queue: the other 18 or more are refused at once
-            while sum(t.done() for t in tasks) < 18 or model.queue.depth < 4:
-                await asyncio.sleep(0.01)
+            await until(lambda: sum(t.done() for t in tasks) >= 18 and model.queue.depth == 4)
             assert not any(t.done() and t.result().status_code == 200 for t in tasks)
             release.set()
             return await asyncio.gather(*tasks)
@@ -213,8 +220,7 @@ def test_hot_reload_during_a_burst_loses_nothing(make_server, repo):
             first = asyncio.create_task(one(POSITIVE))
             await asyncio.to_thread(entered.wait, 30)  # version 1 is computing the first batch, and holds it
             queued = [asyncio.create_task(one(t)) for t in [POSITIVE, NEGATIVE] * 10]
-            while old.queue.depth < len(queued):  # all of them wait in version 1's queue
-                await asyncio.sleep(0.01)
+            await until(lambda: old.queue.depth == len(queued))  # all of them wait in version 1's queue
             loaded = await client.post(f"{server.url}/v2/repository/models/reviews/load")
             assert not first.done() and not any(t.done() for t in queued)  # version 1 still has them
             after = await asyncio.gather(*[one(t) for t in [NEGATIVE, POSITIVE] * 10])  # answered by version 2
