@@ -32,8 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     dirs = [resolve_version_dir(d) for d in args.versions]
     config = read_config(dirs[0])
-    split = "test2016" if "multi30k" in str(config.get("provenance")) else "test"
-    examples = load_eval_data(config, SimpleNamespace(data=None, split=split))
+    examples = load_eval_data(config, SimpleNamespace(data=None, split="test"))  # Multi30k's test is test2016
     texts = [TOOLS[config["kind"]].input_text(e) for e in examples][: args.texts]
     runtimes = [load_runtime(d, read_config(d), SessionOptions(intra_op_threads=1)) for d in dirs]
     if config["kind"] == "translator":

@@ -69,8 +69,10 @@ def uvicorn_config(app: Any, settings: Settings, open_files: int | None = None) 
     open_files = open_files if open_files is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     metrics = getattr(getattr(app, "state", None), "metrics", None)  # the service's, when app is create_app's
     refused = (lambda reason: metrics.connection_refusals.labels(reason).inc()) if metrics is not None else None
-    protocol = guarded_protocol(settings.header_timeout_s, settings.max_header_bytes,
-                                connection_limit(settings, open_files), settings.retry_after_s, refused)
+    limit = connection_limit(settings, open_files)
+    log.info("open-file limit %d: up to %d connections", open_files, limit)
+    protocol = guarded_protocol(settings.header_timeout_s, settings.max_header_bytes, limit, settings.retry_after_s,
+                                refused)
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]  # a float works
@@ -84,7 +86,6 @@ def serve(settings: Settings) -> None:
     tune_interpreter(settings)
     open_files = raise_open_file_limit()
     config = uvicorn_config(create_app(settings), settings, open_files)
-    log.info("open-file limit %d: up to %d connections", open_files, connection_limit(settings, open_files))
     # uvicorn drains on SIGTERM, then re-raises the signal under the handler found at start; this one
     # turns that into a clean exit 0 (a graceful stop is not a failure).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

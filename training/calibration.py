@@ -9,7 +9,6 @@ graph is. Recurrent ops stay in float: onnxruntime's DynamicQuantizeLSTM quantiz
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +21,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.errors import UserError
 
-log = logging.getLogger("seqserve.quantize")
 Feeds = dict[str, np.ndarray]
 # Ops whose activation quantization onnxruntime computes per batch inside the op; none may remain.
 BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul"})

@@ -21,6 +21,7 @@ from service.engine.repository import read_config, resolve_version_dir
 from tests.conftest import ROOT
 from tests.fixtures import ProcessServer
 from training.evaluate import load_eval_data
+from training.kinds import TOOLS
 from training.quantize import quantize_version
 
 BUNDLED = ROOT / "model_repository"
@@ -32,9 +33,8 @@ TRANSLATORS = ("en-de", "numbers", "numbers-int8")
 def held_out_texts(version: Path, count: int, seed: int) -> list[str]:
     """Texts of the model's own held-out split, of mixed lengths."""
     config = read_config(version)
-    split = "test2016" if config["kind"] == "translator" and "multi30k" in str(config["provenance"]) else "test"
-    examples = load_eval_data(config, SimpleNamespace(data=None, split=split))
-    texts = sorted({getattr(e, "text", None) or e.src for e in examples})
+    examples = load_eval_data(config, SimpleNamespace(data=None, split="test"))  # Multi30k's test is test2016
+    texts = sorted({TOOLS[config["kind"]].input_text(e) for e in examples})
     return random.Random(seed).sample(texts, count)
 
 

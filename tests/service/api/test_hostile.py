@@ -175,9 +175,13 @@ def test_v2_outputs_must_be_known_and_listed_once(server, no_tracebacks):
     assert ok.status_code == 200 and [o["name"] for o in ok.json()["outputs"]] == ["probabilities", "label"]
 
 
+def connect(server: ThreadServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30)
+
+
 def raw_request(server: ThreadServer, path: str, body: bytes, headers: dict[str, str]) -> socket.socket:
     """A connection that has sent the request line, the headers and `body` (perhaps only part of it)."""
-    sock = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30)
+    sock = connect(server)
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode() + body)
     return sock
@@ -280,10 +284,6 @@ def test_a_body_that_never_arrives_in_full_gets_408(make_server, endpoint):
 def refusals(server: ThreadServer, reason: str) -> float:
     return metric(httpx.get(server.url + "/metrics", timeout=10).text, "seqserve_connection_refusals_total",
                   reason=reason)
-
-
-def connect(server: ThreadServer) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30)
 
 
 def test_half_sent_headers_get_408_and_a_silent_connection_is_closed(make_server):
