@@ -17,7 +17,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def train_options(p: argparse.ArgumentParser) -> None:
+def train_options(p: argparse.ArgumentParser, cells: tuple[str, ...] = ("rnn", "lstm", "gru")) -> None:
     p.add_argument("--out", required=True, type=Path, help="model folder, e.g. model_repository/NAME")
     version_options(p)
     p.add_argument("--work-dir", type=Path, help="checkpoints and resume state (default: runs/NAME)")
@@ -33,7 +33,7 @@ def train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="a few steps only (for CI)")
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--max-length", type=int, default=256, help="tokens kept per text")
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="lstm")
+    p.add_argument("--cell", choices=list(cells), default="lstm")
     p.add_argument("--emb-dim", type=int, default=128)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=1)

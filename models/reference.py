@@ -233,3 +233,136 @@ def memory_cell_worked_example(inputs: ArrayLike) -> tuple[np.ndarray, np.ndarra
         cs.append(c_t[0, 0])
         hs.append(h_t[0, 0])
     return np.array(cs), np.array(hs)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax along `axis`, shifted by the maximum so large scores do not overflow."""
+    z = np.exp(x - x.max(axis=axis, keepdims=True))
+    return z / z.sum(axis=axis, keepdims=True)
+
+
+def jordan_cell(
+    x_t: np.ndarray,
+    y_prev: np.ndarray,
+    w_ih: np.ndarray,
+    b_ih: np.ndarray | None,
+    w_yh: np.ndarray,
+    w_hy: np.ndarray,
+    b_hy: np.ndarray | None,
+    activation: Activation = np.tanh,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Jordan step: h_t = act(W_ih x_t + b_ih + W_yh y_prev), y_t = softmax(W_hy h_t + b_hy); returns (h_t, y_t).
+
+    The memory is the previous step's output distribution y_prev (B, K), not the hidden state."""
+    h_t = activation(_affine(x_t, w_ih, b_ih) + y_prev @ w_yh.T)  # (B, H)
+    y_t = softmax(_affine(h_t, w_hy, b_hy))  # (B, K)
+    return h_t, y_t
+
+
+def _run_jordan_direction(
+    weights: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    x: np.ndarray,
+    lengths: np.ndarray,
+    reverse: bool,
+) -> np.ndarray:
+    """One Jordan layer, one direction over a padded batch; returns the hidden states (B, T, H), 0 past lengths."""
+    w_ih, b_ih, w_yh, w_hy, b_hy = weights
+    batch, steps, _ = x.shape
+    y_t = np.zeros((batch, w_hy.shape[0]), dtype=x.dtype)
+    out = np.zeros((batch, steps, w_ih.shape[0]), dtype=x.dtype)
+    order = range(steps - 1, -1, -1) if reverse else range(steps)
+    for t in order:
+        # As in _run_direction: padded steps leave y untouched, so the reverse pass starts at lengths[b] - 1
+        # from y_0 = 0.
+        valid = (t < lengths)[:, None]  # (B, 1)
+        h_new, y_new = jordan_cell(x[:, t], y_t, w_ih, b_ih, w_yh, w_hy, b_hy)
+        y_t = np.where(valid, y_new, y_t)
+        out[:, t] = np.where(valid, h_new, 0.0)
+    return out
+
+
+def run_jordan(
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    lengths: np.ndarray,
+    num_layers: int,
+    bidirectional: bool,
+) -> np.ndarray:
+    """Numpy twin of models.tagger.JordanRNN: pad-aware, stacked like run_rnn; returns outputs (B, T, dirs * H).
+
+    `params` uses JordanRNN's names: weight_ih_l{k}{suffix} (H, I), bias_ih_ (H), weight_yh_ (H, K),
+    weight_hy_ (K, H), bias_hy_ (K), suffix "" or "_reverse"."""
+    lengths = np.asarray(lengths)
+    suffixes = ["", "_reverse"] if bidirectional else [""]
+    layer_in = x
+    for layer in range(num_layers):
+        outputs = []
+        for suffix in suffixes:
+            key = f"l{layer}{suffix}"
+            weights = tuple(params[f"{name}_{key}"] for name in
+                            ("weight_ih", "bias_ih", "weight_yh", "weight_hy", "bias_hy"))
+            outputs.append(_run_jordan_direction(weights, layer_in, lengths, reverse=suffix == "_reverse"))
+        layer_in = np.concatenate(outputs, axis=-1)  # (B, T, dirs * H)
+    return layer_in
+
+
+JORDAN_WORDS = {"arrive": [1.0, 0.0, 0.0], "leave": [0.0, 1.0, 0.0], "taipei": [0.0, 0.0, 1.0]}
+JORDAN_TAGS = ("destination", "origin")
+
+
+def jordan_worked_example(inputs: ArrayLike) -> np.ndarray:
+    """A hand-set linear Jordan net from y_0 = 0; returns the output distributions y_t (T, 2) per step.
+
+    Inputs are one-hot over 3 words (arrive = [1,0,0], leave = [0,1,0], taipei = [0,0,1], see JORDAN_WORDS);
+    H = 2 hidden units, K = 2 tags (destination, origin, JORDAN_TAGS); identity hidden activation and
+
+        W_ih = [[1,0,0],[0,1,0]], b_ih = 0, W_yh = I (h copies the previous output), W_hy = ln(3) I, b_hy = 0.
+
+    "arrive taipei":
+        t=1 "arrive": h = W_ih x = [1, 0]                   -> y = softmax([ln 3, 0]) = [3, 1] / 4 = [3/4, 1/4]
+        t=2 "taipei": h = W_ih x + y_prev = [0,0] + [3/4, 1/4] -> y = softmax(ln 3 [3/4, 1/4])
+            = [3^(3/4), 3^(1/4)] / (3^(3/4) + 3^(1/4)) = [√3, 1] / (1 + √3) ≈ [0.6340, 0.3660]   (destination)
+    "leave taipei" is the mirror image: [1/4, 3/4], then [1, √3] / (1 + √3) ≈ [0.3660, 0.6340]   (origin).
+
+    "taipei" is the same input both times; only the memory of the previous output tells destination from
+    origin, the slot-filling case Jordan networks were applied to (Mesnil et al. 2013)."""
+    w_ih = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # (H, I)
+    b_ih = np.zeros(2)
+    w_yh = np.eye(2)  # (H, K)
+    w_hy = np.log(3.0) * np.eye(2)  # (K, H)
+    b_hy = np.zeros(2)
+    y_t = np.zeros((1, 2))
+    outputs = []
+    for x_t in np.asarray(inputs, dtype=float):
+        _, y_t = jordan_cell(x_t[None, :], y_t, w_ih, b_ih, w_yh, w_hy, b_hy, activation=identity)
+        outputs.append(y_t[0])
+    return np.stack(outputs)  # (T, 2)
+
+
+def tagger_forward(
+    params: dict[str, np.ndarray],
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    cell: str,
+    num_layers: int,
+    bidirectional: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Numpy twin of models.tagger.RNNTagger in eval mode: embed -> encoder -> zero past lengths -> emit linear.
+
+    `params` is the tagger's state_dict as numpy arrays (keys `embedding.weight`, `rnn.*`, `emit.*`, optionally
+    `intent.*`; `crf.*` is ignored); returns (emissions (B, T, K), intent logits (B, I) or None). The intent head
+    reads the encoder states max-pooled over each text's real steps."""
+    lengths = np.asarray(lengths)
+    x_t = params["embedding.weight"][ids]  # (B, T, E)
+    rnn = {name.removeprefix("rnn."): w for name, w in params.items() if name.startswith("rnn.")}
+    if cell == "jordan":
+        h = run_jordan(rnn, x_t, lengths, num_layers, bidirectional)
+    else:
+        h, _, _ = run_rnn(cell, rnn, x_t, lengths, num_layers, bidirectional)  # (B, T, dirs * H)
+    valid = (np.arange(h.shape[1])[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
+    h = np.where(valid, h, 0.0)
+    emissions = _affine(h, params["emit.weight"], params["emit.bias"])  # (B, T, K)
+    if "intent.weight" not in params:
+        return emissions, None
+    pooled = pool(h, np.empty(0), lengths, "max", bidirectional)  # (B, dirs * H)
+    return emissions, _affine(pooled, params["intent.weight"], params["intent.bias"])

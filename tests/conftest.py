@@ -66,3 +66,44 @@ def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> Path:
     return path
 
 pytest_plugins = ["tests.fixtures"]
+
+
+CITIES = ["boston", "denver", "dallas", "atlanta", "new york", "san francisco", "salt lake city", "miami"]
+DAYS = ["monday", "tuesday", "friday", "sunday"]
+
+
+def synthetic_tagged(n: int, seed: int) -> list[tuple[list[str], list[str], str]]:
+    """(words, BIO tags, intent) for a toy slot-filling task: which city is the origin depends on the word before
+    it ("from" or "to"), and the intent on the opening words."""
+    rng = random.Random(seed)
+    out = []
+
+    def city(slot: str) -> tuple[list[str], list[str]]:
+        words = rng.choice(CITIES).split()
+        return words, [f"B-{slot}"] + [f"I-{slot}"] * (len(words) - 1)
+
+    for i in range(n):
+        intent = "flight" if i % 2 == 0 else "airfare"
+        words = ["show", "me", "flights"] if intent == "flight" else ["how", "much", "is", "a", "ticket"]
+        tags = ["O"] * len(words)
+        legs = [("from", "fromloc"), ("to", "toloc")]
+        rng.shuffle(legs)
+        for word, slot in legs:
+            w, t = city(slot)
+            words += [word, *w]
+            tags += ["O", *t]
+        if rng.random() < 0.5:
+            words += ["on", rng.choice(DAYS)]
+            tags += ["O", "B-depart_date.day_name"]
+        out.append((words, tags, intent))
+    return out
+
+
+def write_seq_folder(folder: Path, splits: dict[str, list[tuple[list[str], list[str], str]]]) -> Path:
+    """The ATIS/SNIPS folder format: <split>.seq.in, .seq.out, .label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        (folder / f"{split}.seq.in").write_text("".join(" ".join(w) + "\n" for w, _, _ in rows), encoding="utf-8")
+        (folder / f"{split}.seq.out").write_text("".join(" ".join(t) + "\n" for _, t, _ in rows), encoding="utf-8")
+        (folder / f"{split}.label").write_text("".join(i + "\n" for _, _, i in rows), encoding="utf-8")
+    return folder

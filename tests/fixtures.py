@@ -18,13 +18,15 @@ import uvicorn
 from bench.server import free_port, stop_process, wait_ready
 from models.classifier import ClassifierConfig
 from models.seq2seq import Seq2SeqConfig
+from models.tagger import TaggerConfig
 from service.app import create_app
 from service.server import uvicorn_config
 from service.settings import Settings
-from tests.conftest import synthetic_pairs, synthetic_reviews, write_csv, write_tsv
+from tests.conftest import synthetic_pairs, synthetic_reviews, synthetic_tagged, write_csv, write_seq_folder, write_tsv
 from training.classify import ClassifierJob, LabelledData
 from training.job import run_job
 from training.loop import TrainConfig
+from training.tag import TaggedData, TaggerJob
 from training.translate import ParallelData, TranslatorJob
 
 BIN = Path(sys.executable).parent
@@ -58,12 +60,34 @@ def translator_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tagger_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A toy slot-filling data set with intents, in the ATIS/SNIPS folder format."""
+    return write_seq_folder(tmp_path_factory.mktemp("tagged") / "flights",
+                            {"train": synthetic_tagged(400, seed=11), "dev": synthetic_tagged(40, seed=12),
+                             "test": synthetic_tagged(40, seed=13)})
+
+
+@pytest.fixture(scope="session")
+def tagger_version(tmp_path_factory: pytest.TempPathFactory, tagger_data: Path) -> Path:
+    """A tiny joint tagger (slots with a CRF, and intents) trained in seconds, as a model version folder."""
+    root = tmp_path_factory.mktemp("tagger")
+    job = TaggerJob(data=TaggedData(str(tagger_data)), out=root / "repo" / "flights", work_dir=root / "run",
+                    model=TaggerConfig(vocab_size=300, emb_dim=16, hidden=16),
+                    train=TrainConfig(epochs=6, batch_size=16, lr=0.01, seed=3))
+    path = run_job(job)
+    assert path is not None
+    return path
+
+
 @pytest.fixture
-def repo(tmp_path: Path, classifier_version: Path, translator_version: Path) -> Path:
-    """A fresh model repository per test: reviews/1 (a classifier) and numbers/1 (a translator)."""
+def repo(tmp_path: Path, classifier_version: Path, translator_version: Path, tagger_version: Path) -> Path:
+    """A fresh model repository per test: reviews/1 (a classifier), numbers/1 (a translator) and flights/1 (a
+    tagger)."""
     root = tmp_path / "model_repository"
     shutil.copytree(classifier_version, root / "reviews" / "1")
     shutil.copytree(translator_version, root / "numbers" / "1")
+    shutil.copytree(tagger_version, root / "flights" / "1")
     return root
 
 

@@ -41,11 +41,12 @@ def file_digest(path: Path) -> str:
 
 
 def new_version_from(source: Path, target: Path, config: dict[str, Any]) -> None:
-    """An empty `target` version folder (replacing any) with the tokenizers of `source`, for a variant of it."""
+    """An empty `target` version folder (replacing any) with the tokenizers and other files (`files`: a CRF's
+    scores, say) of `source`, for a variant of it."""
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    for name in set(config["tokenizers"].values()):
+    for name in {*config["tokenizers"].values(), *(config.get("files") or {}).values()}:
         shutil.copyfile(source / name, target / name)
 
 

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from cli.kinds import classifier, translator
+from cli.kinds import classifier, tagger, translator
 
 
 class TrainCommand(NamedTuple):
@@ -20,4 +20,6 @@ class TrainCommand(NamedTuple):
 TRAIN: dict[str, TrainCommand] = {
     "classifier": TrainCommand("recurrent text classifier", classifier.add_options, classifier.job),
     "translator": TrainCommand("Seq2Seq translator with attention", translator.add_options, translator.job),
+    "tagger": TrainCommand("sequence tagger (slot filling, NER) with an optional intent head", tagger.add_options,
+                           tagger.job),
 }

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from service.engine.classifier import ClassifierRuntime
 from service.engine.sessions import SessionOptions
+from service.engine.tagger import TaggerRuntime
 from service.engine.translator import TranslatorRuntime
 
 
@@ -31,6 +32,7 @@ class Runtime(Protocol):
 RUNTIMES: dict[str, type[Runtime]] = {
     "classifier": ClassifierRuntime,
     "translator": TranslatorRuntime,
+    "tagger": TaggerRuntime,
 }
 KINDS = tuple(RUNTIMES)
 log = logging.getLogger("seqserve.engine")

@@ -10,18 +10,20 @@ from typing import Any
 from service.engine.sessions import SessionOptions
 from service.serving.classifier import ServedClassifier
 from service.serving.served import ServedModel
+from service.serving.tagger import ServedTagger
 from service.serving.translator import ServedTranslator
 from service.settings import Settings
 
 SERVED: dict[str, type[ServedModel]] = {
     "classifier": ServedClassifier,
     "translator": ServedTranslator,
+    "tagger": ServedTagger,
 }
 
 
 def build_model(name: str, version_dir: Path, config: dict[str, Any], settings: Settings) -> ServedModel:
     """Create sessions and warm up (blocking: call it off the event loop)."""
-    needed = [*config["graphs"].values(), *config["tokenizers"].values()]
+    needed = [*config["graphs"].values(), *config["tokenizers"].values(), *(config.get("files") or {}).values()]
     missing = sorted({name for name in needed if not (version_dir / name).is_file()})
     if missing:
         raise FileNotFoundError(f"missing {', '.join(missing)}")

@@ -84,7 +84,9 @@ def test_tritonclient_with_its_defaults_gets_binary_outputs(make_server):
     url = make_server().url
     client = triton.InferenceServerClient(url.removeprefix("http://"))
     cases = [("reviews", [POSITIVE, NEGATIVE], ["label", "score", "probabilities"]),
-             ("numbers", ["one two", "three four five"], ["translation", "score"])]
+             ("numbers", ["one two", "three four five"], ["translation", "score"]),
+             ("flights", ["show me flights from boston to new york", "how much is a ticket to miami"],
+              ["tags", "token_offsets", "entities", "intent_probabilities"])]
     for model, texts, names in cases:
         text = triton.InferInput("text", [len(texts)], "BYTES")
         text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
