@@ -90,6 +90,17 @@ def uint8_params(low: float, high: float) -> tuple[np.float32, np.uint8]:
     return scale, zero_point
 
 
+def op_types(graph: onnx.GraphProto) -> set[str]:
+    """Every op type in the graph, those of its subgraphs (a Loop's or an If's body) included."""
+    ops = set()
+    for node in graph.node:
+        ops.add(node.op_type)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                ops |= op_types(sub)
+    return ops
+
+
 def fix_activation_scales(dynamic_graph: Path, float_graph: Path, feeds: Sequence[Feeds]) -> dict[str, list[float]]:
     """Rewrite, in place, each DynamicQuantizeLinear of `dynamic_graph` as a QuantizeLinear with the scale and zero
     point of its input's range over `feeds` (measured on `float_graph`). Returns the ranges used."""
@@ -109,7 +120,7 @@ def fix_activation_scales(dynamic_graph: Path, float_graph: Path, feeds: Sequenc
                                       name=f"{node.name or quantized}_static"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    left = sorted({n.op_type for n in model.graph.node} & BATCH_DEPENDENT_OPS)
+    left = sorted(op_types(model.graph) & BATCH_DEPENDENT_OPS)
     if left:
         raise ValueError(f"{dynamic_graph.name}: ops that quantize over the batch remain: {left}")
     onnx.checker.check_model(model)

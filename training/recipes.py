@@ -92,6 +92,13 @@ def recipe_files(source: str, settings: dict[str, Any]) -> list[Path] | None:
     """The files a named recipe reads, to pin them in provenance; None when `source` is not a recipe."""
     if source == "rotten_tomatoes":
         return [rotten_tomatoes_path()]
+    if source == "atis":  # a tagger's recipe (training/tag_data.py)
+        from training.tag_data import ATIS_SPLITS, SEQ_FIELDS, default_atis_dir
+
+        folder = Path(settings["data_dir"]) if settings.get("data_dir") else default_atis_dir()
+        if (folder / "train" / "seq.in").is_file():
+            return [folder / split / field for split in ATIS_SPLITS for field in SEQ_FIELDS]
+        return [folder / f"{split}.{field}" for split in ATIS_SPLITS for field in SEQ_FIELDS]
     if source == "multi30k":  # the splits a translator trains, validates and tests on (training/translate.py)
         src_lang, _, tgt_lang = str(settings.get("pair") or "en-de").partition("-")
         folder = Path(settings["data_dir"]) if settings.get("data_dir") else default_multi30k_dir()

@@ -79,7 +79,14 @@ def data_files(source: str, settings: dict[str, Any]) -> dict[str, Path]:
     if recipe is not None:
         return {path.name: path for path in recipe}
     given = [source, *(v for k, v in settings.items() if k.endswith("_path") and isinstance(v, str))]
-    return {name: Path(name) for name in given}
+    files: dict[str, Path] = {}
+    for name in given:
+        path = Path(name)
+        if path.is_dir():  # a folder of splits (a tagger's ATIS/SNIPS format): every file in it
+            files.update({str(p): p for p in sorted(path.rglob("*")) if p.is_file()})
+        else:
+            files[name] = path
+    return files
 
 
 def stale_data(provenance: dict[str, Any]) -> str | None:

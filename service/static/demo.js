@@ -1,4 +1,4 @@
-// The seqserve demo page: two forms that call the REST API and render what comes back.
+// The seqserve demo page: three forms that call the REST API and render what comes back.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -122,5 +122,75 @@ async function translate() {
   $("translate-result").hidden = false;
 }
 
+// A stable hue per entity label, so each label keeps its colour across texts.
+function labelHue(label) {
+  let h = 0;
+  for (const c of label) h = (h * 31 + c.codePointAt(0)) % 360;
+  return h;
+}
+
+// The text as text nodes, each entity wrapped in a <mark>. Offsets count Unicode code points (Python str
+// indices), so slice Array.from(text), not the UTF-16 string; user text never goes through innerHTML.
+// Characters from `cut` on were not tagged (the model's max length) and are dimmed.
+function drawEntities(container, text, entities, cut) {
+  const chars = Array.from(text);
+  const plain = (from, to) => {
+    if (cut !== null && cut < to) {
+      if (from < cut) container.append(chars.slice(from, cut).join(""));
+      const rest = cell("span", chars.slice(Math.max(from, cut), to).join(""));
+      rest.className = "untagged";
+      if (rest.textContent) container.append(rest);
+    } else if (from < to) {
+      container.append(chars.slice(from, to).join(""));
+    }
+  };
+  container.replaceChildren();
+  let at = 0;
+  for (const entity of [...entities].sort((a, b) => a.start - b.start || b.end - a.end)) {
+    const start = Math.max(0, entity.start);
+    const end = Math.min(chars.length, entity.end);
+    if (start < at || end <= start) continue; // overlapping or empty: keep the text as it is
+    plain(at, start);
+    const mark = cell("mark", chars.slice(start, end).join(""));
+    mark.className = "entity";
+    mark.dataset.label = entity.label;
+    mark.title = `${entity.label} ${entity.score.toFixed(2)}`;
+    mark.style.setProperty("--hue", String(labelHue(entity.label)));
+    const label = cell("span", entity.label);
+    label.className = "label";
+    mark.append(label);
+    container.append(mark);
+    at = end;
+  }
+  plain(at, chars.length);
+}
+
+async function tag() {
+  const text = $("tag-text").value;
+  const data = await post("/v1/tag", { model: modelName("tag-model"), texts: [text] });
+  const result = data.results[0];
+  const cut = result.truncated_at ?? null;
+  drawEntities($("tag-output"), text, result.entities, cut);
+  $("tag-count").textContent = result.entities.length ? String(result.entities.length) : "none";
+  $("tag-source").textContent = `(${data.model} v${data.version})`;
+  const intent = result.intent;
+  $("tag-intent-line").hidden = !intent;
+  $("tag-intent").textContent = intent ? intent.label : "";
+  $("tag-intent-score").textContent = intent ? `(${(intent.score * 100).toFixed(1)}%)` : "";
+  const note = $("tag-truncated");
+  note.hidden = cut === null;
+  note.textContent = cut === null ? ""
+    : `The text is longer than the model's maximum length: only its first ${cut} characters were tagged.`;
+  const body = $("tag-tokens").tBodies[0];
+  body.replaceChildren();
+  for (const token of result.tokens) {
+    const row = document.createElement("tr");
+    row.append(cell("td", token.text), cell("td", token.tag), cell("td", token.score.toFixed(3)));
+    body.append(row);
+  }
+  $("tag-result").hidden = false;
+}
+
 bindForm("classify", classify);
 bindForm("translate", translate);
+bindForm("tag", tag);

@@ -1,7 +1,9 @@
-"""The demo page at `/` in headless Chromium: classify, translate with an attention heatmap, show errors."""
+"""The demo page at `/` in headless Chromium: classify, translate with an attention heatmap, tag entities, show
+errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -52,6 +54,32 @@ def wait_text(driver: WebDriver, element_id: str, timeout: float = 30) -> str:
         return element.is_displayed() and element.text.strip()
 
     return str(WebDriverWait(driver, timeout).until(ready))
+
+
+# What the tagging panel shows: its text as a reader sees it (the entities' label badges left out), and each
+# highlighted entity as (text, data-label, the badge's text).
+RENDERED_TAGS = """
+const box = arguments[0];
+const text = (node) => node.nodeType === Node.TEXT_NODE ? node.data
+  : node.classList.contains("label") ? "" : Array.from(node.childNodes, text).join("");
+return {text: text(box), markup: Array.from(box.querySelectorAll("*"), (e) => e.tagName.toLowerCase()),
+        entities: Array.from(box.querySelectorAll("mark.entity"),
+                             (m) => [text(m), m.dataset.label, m.querySelector(".label").textContent])};
+"""
+
+
+def tag_in_page(driver: WebDriver, text: str, set_value: bool = False) -> dict[str, Any]:
+    """Submit `text` on the tagging form and wait for the result (or the error) to show."""
+    field = driver.find_element(By.ID, "tag-text")
+    if set_value:  # a long text: typing it key by key is slow
+        driver.execute_script("arguments[0].value = arguments[1];", field, text)
+    else:
+        fill(driver, "tag-text", text)
+    driver.execute_script("document.getElementById('tag-status').textContent = '';")
+    driver.find_element(By.ID, "tag-submit").click()
+    WebDriverWait(driver, 30).until(
+        lambda d: d.find_element(By.ID, "tag-status").text.startswith(("Done", "4", "5")))
+    return dict(driver.execute_script(RENDERED_TAGS, driver.find_element(By.ID, "tag-output")))
 
 
 def test_demo_page_classifies_translates_and_draws_attention(make_server: Any, browser: WebDriver,
@@ -111,3 +139,62 @@ def test_demo_page_classifies_translates_and_draws_attention(make_server: Any, b
         and d.find_element(By.ID, "classify-status").text)
     assert str(message).startswith("404")
     assert not browser.find_element(By.ID, "classify-result").is_displayed()
+
+
+def test_demo_page_highlights_entities_and_the_intent(make_server: Any, browser: WebDriver,
+                                                      tagger_version: Path) -> None:
+    server = make_server()
+    browser.get(f"{server.url}/")
+    assert browser.find_element(By.ID, "tag-model").get_attribute("value") == ""  # the server's only tagger
+
+    text = "show me flights from boston to new york on monday 👍"
+    shown = tag_in_page(browser, text)
+    assert shown["text"] == text, "the rendered text is the input, emoji and spaces intact"
+    expected = httpx.post(f"{server.url}/v1/tag", json={"texts": [text]}, timeout=30).json()
+    highlighted = [(t, label) for t, label, _ in shown["entities"]]
+    assert highlighted == [(e["text"], e["label"]) for e in expected["results"][0]["entities"]]
+    # the toy tagger never saw an emoji, and may call the unknown word after "monday" a place: that is the
+    # model's, and the page shows it as it is; the words it was trained on are what this checks
+    assert [(t, label) for t, label in highlighted if t != "👍"] == [
+        ("boston", "fromloc"), ("new york", "toloc"), ("monday", "depart_date.day_name")]
+    assert all(label == badge for _, label, badge in shown["entities"])
+    marks = browser.find_elements(By.CSS_SELECTOR, "#tag-output mark.entity")
+    assert [m.get_attribute("title") for m in marks] == [
+        f"{e['label']} {e['score']:.2f}" for e in expected["results"][0]["entities"]]
+    assert wait_text(browser, "tag-intent") == "flight"
+    assert browser.find_element(By.ID, "tag-intent-score").text.endswith("%)")
+    assert browser.find_element(By.ID, "tag-source").text == "(flights v1)"
+    assert not browser.find_element(By.ID, "tag-truncated").is_displayed()
+    assert "error" not in (browser.find_element(By.ID, "tag-status").get_attribute("class") or "")
+    words = browser.find_elements(By.CSS_SELECTOR, "#tag-tokens tbody tr")
+    assert len(words) == len(expected["results"][0]["tokens"])
+
+    # astral characters before an entity: offsets count code points, not UTF-16 units
+    text = "𠀀𠀁 👍🏽 flights from boston to denver"
+    shown = tag_in_page(browser, text)
+    assert shown["text"] == text
+    assert ("boston", "fromloc") in [(t, label) for t, label, _ in shown["entities"]]
+
+    # user text is text, never markup
+    text = "flights from <b>x</b> to <img src=x onerror=alert(1)> boston"
+    shown = tag_in_page(browser, text)
+    assert shown["text"] == text
+    assert set(shown["markup"]) <= {"mark", "span"}
+    assert not browser.find_elements(By.CSS_SELECTOR, "#tag-output b, #tag-output img")
+
+    # a text past the model's max length: a note says where it was cut, and the rest is still shown
+    max_length = json.loads((tagger_version / "config.json").read_text())["max_length"]
+    text = " ".join(["boston"] * (max_length + 20))
+    shown = tag_in_page(browser, text, set_value=True)
+    assert shown["text"] == text
+    cut = httpx.post(f"{server.url}/v1/tag", json={"texts": [text]}, timeout=30).json()["results"][0]["truncated_at"]
+    note = wait_text(browser, "tag-truncated")
+    assert f"first {cut} characters" in note
+    assert browser.find_element(By.CSS_SELECTOR, "#tag-output .untagged").text.split() == text[cut:].split()
+
+    # errors show in the status line, as on the other forms
+    fill(browser, "tag-model", "reviews")  # a classifier, not a tagger
+    tag_in_page(browser, "show me flights")
+    status = browser.find_element(By.ID, "tag-status")
+    assert "error" in (status.get_attribute("class") or "") and status.text[:1] == "4" and "tagger" in status.text
+    assert not browser.find_element(By.ID, "tag-result").is_displayed()

@@ -199,3 +199,43 @@ def test_a_dynamic_int8_version_turns_back_into_the_floats_its_weights_stand_for
     assert all(t.text for t in rt.translate(texts, DecodeOptions(beam_size=2)))
     with pytest.raises(UserError, match="not a dynamic int8 version"):
         dequantize_version(floats, tmp_path / "twice" / "1")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "jordan"])
+def test_a_tagger_quantizes_with_its_crf_and_its_f1_cost(tagger_data: Path, tmp_path: Path, cell: str) -> None:
+    """The int8 tagger keeps its CRF's scores, is evaluated on the recorded test split (its F1 cost is measured, not
+    copied), has no op that quantizes over the batch (a Jordan encoder's Loop body included), and tags a text the
+    same alone or batched."""
+    import json
+
+    import numpy as np
+    import onnx
+
+    from models.tagger import TaggerConfig
+    from service.engine.tagger import TaggerRuntime
+    from training.calibration import BATCH_DEPENDENT_OPS, op_types
+    from training.job import run_job
+    from training.loop import TrainConfig
+    from training.tag import TaggedData, TaggerJob
+
+    job = TaggerJob(data=TaggedData(str(tagger_data)), out=tmp_path / "repo" / "flights", work_dir=tmp_path / "run",
+                    model=TaggerConfig(vocab_size=300, emb_dim=16, hidden=16, cell=cell),
+                    train=TrainConfig(epochs=2, batch_size=16, lr=0.01, seed=3))
+    source = run_job(job)
+    assert source is not None
+    target = quantize_version(source, version=1, out=tmp_path / "flights-int8", calibration_size=64)
+    config = read_config(target)
+    assert (target / config["files"]["crf"]).is_file()
+    ops = op_types(onnx.load(str(target / "model.onnx")).graph)
+    assert not ops & BATCH_DEPENDENT_OPS and "QuantizeLinear" in ops
+    metrics = json.loads((target / "metrics.json").read_text())
+    fp32 = json.loads((source / "metrics.json").read_text())
+    assert set(metrics["test"]) == set(fp32["test"]) and 0 <= metrics["test"]["slot_f1"] <= 1
+    runtime = TaggerRuntime(target, config)
+    texts = ["show me flights from boston to new york", "to miami", "how much is a ticket from dallas to denver on monday"]
+    together = runtime.tag_texts(texts)
+    for text, result in zip(texts, together, strict=True):
+        (alone,) = runtime.tag_texts([text])
+        assert [t["tag"] for t in alone["tokens"]] == [t["tag"] for t in result["tokens"]]
+        np.testing.assert_allclose([t["score"] for t in alone["tokens"]], [t["score"] for t in result["tokens"]],
+                                   atol=1e-6)
