@@ -232,7 +232,8 @@ def test_a_tagger_quantizes_with_its_crf_and_its_f1_cost(tagger_data: Path, tmp_
     fp32 = json.loads((source / "metrics.json").read_text())
     assert set(metrics["test"]) == set(fp32["test"]) and 0 <= metrics["test"]["slot_f1"] <= 1
     runtime = TaggerRuntime(target, config)
-    texts = ["show me flights from boston to new york", "to miami", "how much is a ticket from dallas to denver on monday"]
+    texts = ["show me flights from boston to new york", "to miami",
+             "how much is a ticket from dallas to denver on monday"]
     together = runtime.tag_texts(texts)
     for text, result in zip(texts, together, strict=True):
         (alone,) = runtime.tag_texts([text])
