@@ -115,11 +115,12 @@ loadtest: setup
 loadtest-texts: setup
 	$(BIN)/python -m loadtest.workload loadtest/texts
 
-# Benchmarks of the demo models, one service at a time (about 30 minutes on 2 cores); writes
-# docs/benchmarks/{classify,translate}.{md,json,png} and the open-loop {classify,translate}-load.png. The int8
-# classifier series is quantized on the fly when the repository has no int8 version.
+# Benchmarks of the demo models, one service at a time (about 45 minutes on 2 cores); writes
+# docs/benchmarks/{classify,tag,translate}.{md,json,png} and the open-loop {classify,tag,translate}-load.png. The
+# int8 classifier and tagger series are quantized on the fly when the repository has no int8 version.
 bench: setup bench-deps
 	$(BIN)/seqserve bench classify --repo model_repository --model sentiment --out docs/benchmarks $(BENCH_FLAGS)
+	$(BIN)/seqserve bench tag --repo model_repository --model atis --out docs/benchmarks $(BENCH_FLAGS)
 	$(BIN)/seqserve bench translate --repo model_repository --model en-de --out docs/benchmarks $(BENCH_FLAGS)
 
 clean:

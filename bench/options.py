@@ -1,4 +1,4 @@
-"""`seqserve bench classify|translate` arguments (stdlib only: the workloads import lazily when they run)."""
+"""`seqserve bench classify|tag|translate` arguments (stdlib only: the workloads import lazily when they run)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _common(p: argparse.ArgumentParser, model: str, default_levels: str) -> None
     target = p.add_argument_group("what to measure (--url, --repo or both)")
     target.add_argument("--url", help="a running service, e.g. http://127.0.0.1:8000")
     target.add_argument("--repo", type=Path, help="model repository to start services from (and, for "
-                        "classify, to run the bare engine on)")
+                        "classify and tag, to run the bare engine on)")
     target.add_argument("--model", default=model, help=f"model name (default {model})")
     load = p.add_argument_group("load")
     load.add_argument("--levels", type=levels, default=levels(default_levels), metavar="N,N,...",
@@ -51,20 +51,29 @@ def _common(p: argparse.ArgumentParser, model: str, default_levels: str) -> None
     p.add_argument("--out", type=Path, help="folder for the markdown report, JSON figures and PNG plots")
 
 
+def _one_text_per_request(p: argparse.ArgumentParser, model: str, texts_help: str) -> None:
+    """classify and tag: one text per request, the service against the bare engine, fp32 against int8."""
+    _common(p, model, "1,8,32,128")
+    p.add_argument("--texts", type=int, default=512, help=texts_help)
+    p.add_argument("--no-bare", action="store_true", help="skip the bare onnxruntime series")
+    p.add_argument("--generator", choices=["auto", "wrk", "aiohttp"], default="auto",
+                   help="closed-loop load generator: wrk (C, far cheaper on shared cores) or aiohttp (checks every "
+                   "answer; wrk runs whole seconds, at least 1, for --seconds and --warmup); auto: wrk when "
+                   "installed (default)")
+    p.add_argument("--no-int8", action="store_true", help="do not quantize an int8 variant when the repository "
+                   "has none (quantizing needs the train extra)")
+
+
 def add_bench_commands(sub: Any) -> None:
     bench = sub.add_parser("bench", help="closed- and open-loop benchmarks of the service (prints ratios, medians)")
     workloads = bench.add_subparsers(dest="workload", required=True, parser_class=type(bench))
     clf = workloads.add_parser("classify", help="texts/s and latency: service vs bare onnxruntime, fp32 vs int8")
-    _common(clf, "sentiment", "1,8,32,128")
-    clf.add_argument("--texts", type=int, default=512, help="Rotten Tomatoes snippets to cycle through")
-    clf.add_argument("--no-bare", action="store_true", help="skip the bare onnxruntime series")
-    clf.add_argument("--generator", choices=["auto", "wrk", "aiohttp"], default="auto",
-                     help="closed-loop load generator: wrk (C, far cheaper on shared cores) or aiohttp (checks every "
-                     "answer; wrk runs whole seconds, at least 1, for --seconds and --warmup); auto: wrk when "
-                     "installed (default)")
-    clf.add_argument("--no-int8", action="store_true", help="do not quantize an int8 variant when the repository "
-                     "has none (quantizing needs the train extra)")
+    _one_text_per_request(clf, "sentiment", "Rotten Tomatoes snippets to cycle through")
     clf.set_defaults(func=_run_classify)
+    tag = workloads.add_parser("tag", help="tagged texts/s and latency: service vs bare onnxruntime, fp32 vs int8")
+    _one_text_per_request(tag, "atis", "utterances of the model's test split (with --url alone: ATIS's) to cycle "
+                          "through")
+    tag.set_defaults(func=_run_tag)
     tr = workloads.add_parser("translate", help="mixed short/long translations per scheduler mode")
     _common(tr, "en-de", "1,8,32,64")
     tr.add_argument("--modes", default="continuous,static,none",
@@ -97,6 +106,14 @@ def _run_classify(a: argparse.Namespace) -> None:
     check_common(a)
     _need_aiohttp()
     from bench.classify import run
+
+    run(a)
+
+
+def _run_tag(a: argparse.Namespace) -> None:
+    check_common(a)
+    _need_aiohttp()
+    from bench.tag import run
 
     run(a)
 

@@ -1,12 +1,14 @@
-"""Locust load test for seqserve: classify, translate and streamed translate, every answer checked for content.
+"""Locust load test for seqserve: classify, tag, translate and streamed translate, every answer checked for content.
 
     .venv/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8000          # web UI on :8089
     make loadtest HOST=http://127.0.0.1:8000 RUN_TIME=60s USERS=16                  # headless; CSV + HTML report
     ... --tags classify --step-users 8 --step-seconds 30 --step-count 4 -r 8        # a step load, one task kind
 
-Texts: Rotten Tomatoes snippets (classify) and Multi30k test2016 English (translate), read through the training
-package; or files, one text per line: --classify-texts-file / --translate-texts-file (`make loadtest-texts` writes
-both from the data sets, for machines without them, such as the compose locust containers), --texts-file for both.
+Texts: Rotten Tomatoes snippets (classify), ATIS test utterances (tag) and Multi30k test2016 English (translate),
+read through the training package; or files, one text per line: --classify-texts-file / --tag-texts-file /
+--translate-texts-file (`make loadtest-texts` writes them from the data sets, for machines without them, such as the
+compose locust containers), --texts-file for all. A tag answer is right when it has one result per text and every
+token and entity is the slice of the text at its offsets.
 A 200 answer whose content is wrong is a failure; the counts of checked answers are logged at the end as one
 line starting with "seqserve content checks: ".
 """
@@ -33,7 +35,9 @@ from locust.exception import StopUser  # noqa: E402
 from loadtest.workload import (  # noqa: E402
     CheckCounter,
     ExpectedLabels,
+    atis_utterances,
     check_stream,
+    check_tagging,
     check_translation,
     english_sentences,
     read_lines,
@@ -52,13 +56,17 @@ STOPPED: list[Any] = []  # users that made their --iterations requests
 def _options(parser: Any) -> None:
     group = parser.add_argument_group("seqserve")
     group.add_argument("--texts-file", default="", env_var="SEQSERVE_TEXTS_FILE",
-                       help="UTF-8 file, one text per line, for every request (default: Rotten Tomatoes, Multi30k)")
+                       help="UTF-8 file, one text per line, for every request (default: Rotten Tomatoes, ATIS, "
+                       "Multi30k)")
     group.add_argument("--classify-texts-file", default="", env_var="SEQSERVE_CLASSIFY_TEXTS_FILE",
                        help="texts for classification only (`make loadtest-texts` writes them from the data set)")
+    group.add_argument("--tag-texts-file", default="", env_var="SEQSERVE_TAG_TEXTS_FILE",
+                       help="texts for tagging only (`make loadtest-texts` writes them from ATIS)")
     group.add_argument("--translate-texts-file", default="", env_var="SEQSERVE_TRANSLATE_TEXTS_FILE",
                        help="sentences for translation only (`make loadtest-texts` writes them from Multi30k)")
     group.add_argument("--classifier-model", default="sentiment", env_var="SEQSERVE_CLASSIFIER_MODEL")
     group.add_argument("--translator-model", default="en-de", env_var="SEQSERVE_TRANSLATOR_MODEL")
+    group.add_argument("--tagger-model", default="atis", env_var="SEQSERVE_TAGGER_MODEL")
     group.add_argument("--classifier-labels", default="", help="comma-separated classes every answer must have "
                        "(default: the classes of the first answer)")
     group.add_argument("--beam-size", type=int, default=0, help="beam size for translations (0: the server's default)")
@@ -72,7 +80,8 @@ def _options(parser: Any) -> None:
 
 def texts_file_for(kind: str, options: Any) -> str:
     """The file a kind's texts come from ("" for the data sets themselves): its own file, else --texts-file."""
-    own = options.classify_texts_file if kind == "classify" else options.translate_texts_file
+    own = {"classify": options.classify_texts_file, "tag": options.tag_texts_file}.get(kind,
+                                                                                      options.translate_texts_file)
     return str(own or options.texts_file)
 
 
@@ -80,7 +89,8 @@ def texts_file_for(kind: str, options: Any) -> str:
 def texts_for(kind: str, texts_file: str) -> list[str]:
     if texts_file:
         return read_lines(Path(texts_file))
-    return review_texts() if kind == "classify" else english_sentences()
+    readers = {"classify": review_texts, "tag": atis_utterances}
+    return readers.get(kind, english_sentences)()
 
 
 class SeqserveUser(HttpUser):
@@ -139,6 +149,18 @@ class ClassifyUser(SeqserveUser):
         body = {"model": self.environment.parsed_options.classifier_model, "texts": [self.text("classify")]}
         with self.client.post("/v1/classify", json=body, catch_response=True) as response:
             self.judge("classify", response, lambda r: LABELS.check(r.json(), 1))
+
+
+class TagUser(SeqserveUser):
+    weight = 1
+
+    @tag("tag")
+    @task
+    def tag_texts(self) -> None:
+        texts = [self.text("tag")]
+        body = {"model": self.environment.parsed_options.tagger_model, "texts": texts}
+        with self.client.post("/v1/tag", json=body, catch_response=True) as response:
+            self.judge("tag", response, lambda r: check_tagging(r.json(), texts))
 
 
 class TranslateUser(SeqserveUser):
@@ -200,8 +222,8 @@ def _prepare(environment: Environment, **_: Any) -> None:
     if options is None:
         return
     LABELS.expect(options.classifier_labels)
-    wanted = {"classify": {"classify"}, "translate": {"translate", "stream"}}
-    tags = set(options.tags or ["classify", "translate", "stream"]) - set(options.exclude_tags or [])
+    wanted = {"classify": {"classify"}, "tag": {"tag"}, "translate": {"translate", "stream"}}
+    tags = set(options.tags or ["classify", "tag", "translate", "stream"]) - set(options.exclude_tags or [])
     try:
         for kind, kind_tags in wanted.items():
             if tags & kind_tags:

@@ -64,6 +64,28 @@ def check_translation(body: Any, n_texts: int) -> str | None:
     return None
 
 
+def check_tagging(body: Any, texts: list[str]) -> str | None:
+    """None if `body` is a right /v1/tag answer for `texts`: one result per text, and every token and entity is
+    the slice of its text at its offsets."""
+    results = _results(body, len(texts))
+    if isinstance(results, str):
+        return results
+    for i, (text, result) in enumerate(zip(texts, results, strict=True)):
+        tokens = result.get("tokens") if isinstance(result, dict) else None
+        found = result.get("entities") if isinstance(result, dict) else None
+        if not isinstance(tokens, list) or not isinstance(found, list):
+            return f"result {i}: no tokens or entities list"
+        for what, span in [("token", t) for t in tokens] + [("entity", e) for e in found]:
+            start, end = (span.get("start"), span.get("end")) if isinstance(span, dict) else (None, None)
+            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= len(text)):
+                return f"result {i}: {what} {span!r} has no offsets within the text"
+            if text[start:end] != span.get("text"):
+                return f"result {i}: {what} {span.get('text')!r} is not {text[start:end]!r}, the text at {start}:{end}"
+        if any(not isinstance(e.get("label"), str) or not e["label"] for e in found):
+            return f"result {i}: an entity without a label"
+    return None
+
+
 def parse_sse(text: str) -> list[tuple[str, Any]]:
     """(event, JSON data) pairs of a Server-Sent Events body."""
     events = []
@@ -190,11 +212,20 @@ def english_sentences() -> list[str]:
         return [line.strip() for line in fh if line.strip()]
 
 
+def atis_utterances() -> list[str]:
+    """ATIS test utterances as a request sends them ($SEQSERVE_ATIS_DIR or ../shared/datasets/atis, else
+    downloaded), read through the tagger's recipe."""
+    from training.tag import TOOLS, TaggedData
+
+    return [t for t in (TOOLS.input_text(s) for s in TaggedData("atis").load()[2]) if t.strip()]
+
+
 def write_texts(out_dir: Path) -> dict[str, Path]:
     """The data-set texts each kind of request uses, one per line, for load generators without the data sets."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {"classify": out_dir / "classify.txt", "translate": out_dir / "translate.txt"}
-    for kind, texts in (("classify", review_texts()), ("translate", english_sentences())):
+    written = {"classify": out_dir / "classify.txt", "translate": out_dir / "translate.txt",
+               "tag": out_dir / "tag.txt"}
+    for kind, texts in (("classify", review_texts()), ("translate", english_sentences()), ("tag", atis_utterances())):
         written[kind].write_text("".join(" ".join(t.split()) + "\n" for t in texts), encoding="utf-8")
     return written
 

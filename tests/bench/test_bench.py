@@ -29,6 +29,7 @@ from bench.core import (
 )
 from bench.report import markdown_table, points_table, ratio
 from bench.server import free_port
+from bench.tag import check_answer as check_tag
 from bench.translate import MixedSource, ratio_table, results_table, short_and_long
 from bench.wrk import spot_check, wrk_closed_loop
 from cli.main import main
@@ -230,6 +231,8 @@ def test_variants_pair_the_latest_fp32_version_with_its_int8_version(tmp_path):
 def test_bench_command_reports_user_mistakes_with_exit_2(capsys, tmp_path):
     assert main(["bench", "classify"]) == 2
     assert "give --url" in capsys.readouterr().err
+    assert main(["bench", "tag", "--repo", str(tmp_path)]) == 2  # the default model, atis, is not there
+    assert "atis: no such model folder" in capsys.readouterr().err
     assert main(["bench", "translate", "--repo", str(tmp_path), "--model", "absent"]) == 2
     assert "no such model folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
@@ -269,6 +272,46 @@ def test_bench_classify_writes_a_report_for_fp32_and_int8(repo, tmp_path, capsys
     assert f"Load generator for the closed loop: {generator} (" in report
     assert (out / "classify.png").stat().st_size > 0 and (out / "classify-load.png").stat().st_size > 0
     assert sorted(p.name for p in (repo / "reviews").iterdir()) == ["1"]  # the repository is left as it was
+
+
+def test_the_tag_check_wants_one_result_per_text_and_spans_at_their_offsets():
+    text = "from new york to boston"
+    call = classify_calls([text], "flights")[0]
+    token = {"text": "york", "start": 9, "end": 13, "tag": "I-fromloc", "score": 0.9}
+    entity = {"label": "fromloc", "start": 5, "end": 13, "text": "new york", "score": 0.9}
+    assert check_tag(call, {"results": [{"tokens": [token], "entities": [entity]}]}) is None
+    assert "expected 1 result(s)" in str(check_tag(call, {"results": []}))
+    shifted = {**entity, "start": 4}
+    assert "is not the slice of" in str(check_tag(call, {"results": [{"tokens": [token], "entities": [shifted]}]}))
+    assert "malformed" in str(check_tag(call, {"results": [{"tokens": [token]}]}))
+
+
+def test_bench_tag_writes_a_report_for_fp32_and_int8(repo, tmp_path, capsys):
+    """The tiny tagger (flights/1), on the test split its config records; the int8 variant is quantized by the
+    bench itself. aiohttp: every answer's offsets are checked."""
+    out = tmp_path / "out"
+    code = main(["bench", "tag", "--repo", str(repo), "--model", "flights", "--levels", "1,4", "--repeats", "1",
+                 "--seconds", "0.3", "--warmup", "0.1", "--texts", "16", "--load-fractions", "0.5",
+                 "--out", str(out), "--generator", "aiohttp"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "bench tag: 16 texts" in err and "for the int8 series" in err
+    figures = json.loads((out / "tag.json").read_text())
+    points, opened = figures["closed_loop"], figures["open_loop"]
+    assert {(p["series"], p["level"]) for p in points} == {
+        (f"{where} {variant}", level) for where in ("service", "bare") for variant in ("fp32", "int8")
+        for level in (1, 4)}
+    assert all(p["requests"] > 0 and p["errors"] == 0 and p["throughput"] > 0 for p in points + opened)
+    assert {p["series"] for p in opened} == {"service fp32", "service int8"}
+    report = (out / "tag.md").read_text()
+    assert report.startswith("# Tagging benchmark") and "`TaggerRuntime.tag_texts`" in report
+    assert "Texts: 16 utterances (seed 0) from the test split of " in report
+    ratios = report.split("## Ratios")[1].split("##")[0]
+    rows = [line for line in ratios.splitlines() if line.startswith(("| 1 |", "| 4 |"))]
+    assert len(rows) == 2 and all(line.count("x |") == 4 for line in rows)  # every ratio measured, none n/a
+    assert "## Latency against offered load" in report and "## Machine" in report
+    assert (out / "tag.png").stat().st_size > 0 and (out / "tag-load.png").stat().st_size > 0
+    assert sorted(p.name for p in (repo / "flights").iterdir()) == ["1"]  # the repository is left as it was
 
 
 def test_bench_translate_starts_a_service_per_mode_and_reports_short_and_long(repo, tmp_path, capsys):

@@ -19,7 +19,8 @@ from tests.conftest import ROOT
 from tests.service.api.test_api import metric
 
 LOCUST = Path(sys.executable).parent / "locust"
-NAMES = {"classify": "/v1/classify", "translate": "/v1/translate", "stream": "/v1/translate/stream"}
+NAMES = {"classify": "/v1/classify", "tag": "/v1/tag", "translate": "/v1/translate", "stream": "/v1/translate/stream"}
+WEIGHTS = (3, 1, 2, 1)  # the user classes' weights, in the order of NAMES
 
 
 def run_locust(url: str, tmp_path: Path, *args: str, during: Callable[[], None] | None = None,
@@ -38,6 +39,7 @@ def run_locust(url: str, tmp_path: Path, *args: str, during: Callable[[], None] 
             [str(LOCUST), "-f", "loadtest/locustfile.py", "--headless", "--host", url, "--csv", str(prefix),
              "--html", str(tmp_path / "report.html"), "--json-file", str(prefix), "--only-summary",
              "--texts-file", str(texts), "--classifier-model", "reviews", "--translator-model", "numbers",
+             "--tagger-model", "flights",
              "--think-time", "0.05", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             if during is not None:
@@ -55,14 +57,15 @@ def run_locust(url: str, tmp_path: Path, *args: str, during: Callable[[], None] 
 
 
 def test_every_request_kind_runs_and_every_answer_is_checked(make_server, tmp_path):
-    """6 users (weights 3:2:1 over classify, translate, stream) of 5 requests each, then the run ends by itself:
-    exact counts, whatever the machine's speed (-t only bounds a hang)."""
+    """7 users (weights 3:1:2:1 over classify, tag, translate, stream) of 5 requests each, then the run ends by
+    itself: exact counts, whatever the machine's speed (-t only bounds a hang)."""
     server = make_server()
-    code, rows, final, log = run_locust(server.url, tmp_path, "-u", "6", "-r", "6", "-t", "100s",
+    count = str(sum(WEIGHTS))
+    code, rows, final, log = run_locust(server.url, tmp_path, "-u", count, "-r", count, "-t", "100s",
                                         "--iterations", "5", "--classifier-labels", "neg,pos")
     assert code == 0, log[-3000:]
     checks = parse_check_line(log)
-    for (kind, name), users in zip(NAMES.items(), (3, 2, 1), strict=True):
+    for (kind, name), users in zip(NAMES.items(), WEIGHTS, strict=True):
         assert final[name]["num_requests"] == users * 5, (name, final[name]["num_requests"])
         assert final[name]["num_failures"] == 0
         assert checks[kind] == {"ok": users * 5, "failed": 0, "http_error": 0}

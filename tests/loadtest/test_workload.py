@@ -10,8 +10,10 @@ import pytest
 from loadtest.workload import (
     CheckCounter,
     ExpectedLabels,
+    atis_utterances,
     check_classification,
     check_stream,
+    check_tagging,
     check_translation,
     parse_check_line,
     parse_sse,
@@ -24,6 +26,16 @@ from loadtest.workload import (
 
 GOOD_CLASSIFY = {"model": "reviews", "version": 1,
                  "results": [{"label": "pos", "score": 0.75, "probabilities": {"neg": 0.25, "pos": 0.75}}]}
+TAG_TEXT = "fly from new york to boston, monday"
+GOOD_TAG = {"model": "flights", "version": 1, "results": [{
+    "tokens": [{"text": w, "start": a, "end": b, "tag": t, "score": 0.9} for w, a, b, t in (
+        ("fly", 0, 3, "O"), ("from", 4, 8, "O"), ("new", 9, 12, "B-fromloc"), ("york", 13, 17, "I-fromloc"),
+        ("to", 18, 20, "O"), ("boston", 21, 27, "B-toloc"), (",", 27, 28, "O"), ("monday", 29, 35, "B-day"))],
+    "entities": [{"label": "fromloc", "start": 9, "end": 17, "text": "new york", "score": 0.9},
+                 {"label": "toloc", "start": 21, "end": 27, "text": "boston", "score": 0.9},
+                 {"label": "day", "start": 29, "end": 35, "text": "monday", "score": 0.9}],
+    "intent": {"label": "flight", "score": 0.8, "probabilities": {"flight": 0.8, "airfare": 0.2}},
+    "truncated_at": None}]}
 GOOD_TRANSLATE = {"model": "numbers", "version": 1, "results": [{"translation": "eins zwei", "score": -0.3}]}
 
 
@@ -92,6 +104,40 @@ def test_translations_must_be_non_empty_with_a_score(body, message):
     assert error is not None and message in error
 
 
+def tag_answer(where: str, value: object) -> dict:
+    """GOOD_TAG with one field replaced: "entities" or "tokens" (the whole list), or "entities.0.end" and the like."""
+    body = copy.deepcopy(GOOD_TAG)
+    target, *path = where.split(".")
+    if not path:
+        body["results"][0][target] = value
+    else:
+        body["results"][0][target][int(path[0])][path[1]] = value
+    return body
+
+
+def test_a_right_tagging_passes_and_its_offsets_are_the_texts():
+    assert check_tagging(GOOD_TAG, [TAG_TEXT]) is None
+    assert check_tagging({"results": [{"tokens": [], "entities": []}]}, [""]) is None
+
+
+@pytest.mark.parametrize(("body", "texts", "message"), [
+    ({"error": "boom"}, [TAG_TEXT], "no results list"),
+    (GOOD_TAG, [TAG_TEXT, TAG_TEXT], "1 results for 2 texts"),
+    (tag_answer("entities", None), [TAG_TEXT], "no tokens or entities list"),
+    (tag_answer("tokens", "fly"), [TAG_TEXT], "no tokens or entities list"),
+    (tag_answer("entities.0.end", 16), [TAG_TEXT], "'new york' is not 'new yor'"),
+    (tag_answer("entities.1.text", "denver"), [TAG_TEXT], "'denver' is not 'boston'"),
+    (tag_answer("tokens.6.start", 26), [TAG_TEXT], "token ',' is not 'n,'"),
+    (tag_answer("entities.2.end", 99), [TAG_TEXT], "no offsets within the text"),
+    (tag_answer("entities.2.start", None), [TAG_TEXT], "no offsets within the text"),
+    (tag_answer("entities.0.label", ""), [TAG_TEXT], "without a label"),
+    (GOOD_TAG, ["fly from newark to boston, monday"], "is not"),  # the offsets of another text
+])
+def test_a_wrong_tagging_is_caught(body, texts, message):
+    error = check_tagging(body, texts)
+    assert error is not None and message in error
+
+
 @pytest.mark.parametrize(("stream", "message"), [
     ("", "no events"),
     (sse(("token", {"index": 0, "text": "eins"}), ("error", {"error": "deadline exceeded"})), "error event"),
@@ -147,8 +193,11 @@ def test_a_user_class_runs_only_if_a_task_survives_the_tags():
 
 def test_the_data_set_texts_are_written_one_per_line_for_containers(tmp_path):
     files = write_texts(tmp_path / "texts")
-    assert set(files) == {"classify", "translate"}
+    assert set(files) == {"classify", "translate", "tag"}
     reviews, sentences = read_lines(files["classify"]), read_lines(files["translate"])
+    utterances = read_lines(files["tag"])
     assert len(reviews) == 2000 and len(sentences) == 1000  # Rotten Tomatoes sample, Multi30k test2016
+    assert len(utterances) == 893  # the ATIS test split
     assert reviews == [" ".join(t.split()) for t in review_texts()]
-    assert all("\n" not in t and t for t in reviews + sentences)
+    assert utterances == atis_utterances() and utterances[0].startswith("i would like to find a flight from charlotte")
+    assert all("\n" not in t and t for t in reviews + sentences + utterances)
