@@ -28,6 +28,7 @@ BUNDLED = ROOT / "model_repository"
 TOLERANCE = 1e-5
 CLASSIFIERS = ("sentiment", "sentiment-int8", "reviews", "reviews-int8")
 TRANSLATORS = ("en-de", "numbers", "numbers-int8")
+TAGGERS = ("flights", "flights-int8")
 
 
 def held_out_texts(version: Path, count: int, seed: int) -> list[str]:
@@ -39,7 +40,7 @@ def held_out_texts(version: Path, count: int, seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, classifier_version, translator_version):
+def served(tmp_path_factory, classifier_version, translator_version, tagger_version):
     """The bundled models as they ship (sentiment fp32, en-de int8), sentiment quantized here, and the tiny models
     in fp32 and int8."""
     root = tmp_path_factory.mktemp("invariance")
@@ -48,9 +49,11 @@ def served(tmp_path_factory, classifier_version, translator_version):
     shutil.copytree(resolve_version_dir(BUNDLED / "en-de"), repo / "en-de" / "1")
     shutil.copytree(classifier_version, repo / "reviews" / "1")
     shutil.copytree(translator_version, repo / "numbers" / "1")
-    for name in ("sentiment", "reviews", "numbers"):
+    shutil.copytree(tagger_version, repo / "flights" / "1")
+    for name in ("sentiment", "reviews", "numbers", "flights"):
         quantize_version(repo / name / "1", version=1, out=repo / f"{name}-int8", calibration_size=128)
-    texts = {name: held_out_texts(repo / name / "1", 32, seed=len(name)) for name in (*CLASSIFIERS, *TRANSLATORS)}
+    texts = {name: held_out_texts(repo / name / "1", 32, seed=len(name))
+             for name in (*CLASSIFIERS, *TRANSLATORS, *TAGGERS)}
     server = ProcessServer(repo, root / "server.log", max_queue_delay_ms="20")
     yield server, texts
     assert server.stop() == 0
@@ -82,6 +85,18 @@ def same_classification(alone: dict, other: dict) -> None:
         assert other["probabilities"][label] == pytest.approx(p, abs=TOLERANCE)
 
 
+def same_tagging(alone: dict, other: dict) -> None:
+    assert [(t["text"], t["tag"]) for t in other["tokens"]] == [(t["text"], t["tag"]) for t in alone["tokens"]]
+    assert [t["score"] for t in other["tokens"]] == pytest.approx([t["score"] for t in alone["tokens"]],
+                                                                 abs=TOLERANCE)
+    assert [(e["label"], e["start"], e["end"]) for e in other["entities"]] == [
+        (e["label"], e["start"], e["end"]) for e in alone["entities"]]
+    if "intent" in alone:
+        assert other["intent"]["label"] == alone["intent"]["label"]
+        for label, p in alone["intent"]["probabilities"].items():
+            assert other["intent"]["probabilities"][label] == pytest.approx(p, abs=TOLERANCE)
+
+
 def same_translation(alone: dict, other: dict) -> None:
     assert other["translation"] == alone["translation"]
     assert other["score"] == pytest.approx(alone["score"], abs=TOLERANCE)
@@ -103,6 +118,24 @@ def test_a_classification_does_not_depend_on_its_batch(served, model):
     answers = asyncio.run(post_all(url, [{"model": model, "texts": [t]} for t in texts[model]]))  # server batches
     for text, answer in zip(texts[model], answers, strict=True):
         same_classification(alone[text], answer["results"][0])
+
+
+@pytest.mark.parametrize("model", TAGGERS)
+def test_a_tagging_does_not_depend_on_its_batch(served, model):
+    server, texts = served
+    url = f"{server.url}/v1/tag"
+    alone = {}
+    for text in texts[model]:
+        response = httpx.post(url, json={"model": model, "texts": [text]}, timeout=60)
+        assert response.status_code == 200, response.text
+        alone[text] = response.json()["results"][0]
+    for batch in random_batches(texts[model], random.Random(model)):
+        results = httpx.post(url, json={"model": model, "texts": batch}, timeout=60).json()["results"]
+        for text, result in zip(batch, results, strict=True):
+            same_tagging(alone[text], result)
+    answers = asyncio.run(post_all(url, [{"model": model, "texts": [t]} for t in texts[model]]))
+    for text, answer in zip(texts[model], answers, strict=True):
+        same_tagging(alone[text], answer["results"][0])
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])
