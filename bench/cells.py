@@ -1,8 +1,9 @@
 """Tagger encoder cells side by side: Elman, Jordan, LSTM and GRU trained with the same data, size and budget, each
 evaluated through its ONNX graph (`python -m bench.cells --data atis`; `make compare-tagger-cells`).
 
-Each cell is one `seqserve train tagger` process (run one after another: they share the CPU). The table gives the
-test slot F1, intent and sentence accuracy, the best epoch and the training tokens/s (median over epochs)."""
+Each cell is one `seqserve train tagger` process (`--jobs N` at a time; each trains on one thread, so give no more
+than the cores). The table gives the test slot F1, intent and sentence accuracy, the best epoch and the training
+tokens/s (median over epochs)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="atis")
     p.add_argument("--cells", default=",".join(CELLS))
     p.add_argument("--out", type=Path, default=Path("runs/cells"))
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at once")
     p.add_argument("--report", type=Path, default=Path("docs/benchmarks/tagger-cells.md"))
     p.add_argument("train_options", nargs=argparse.REMAINDER, help="after --: options for every `seqserve train`")
     a = p.parse_args(argv)
@@ -71,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(cells) - set(CELLS))
     if unknown:
         p.error(f"unknown cells {unknown}; choose from {', '.join(CELLS)}")
-    rows = [row(cell, train_cell(cell, a.data, a.out, options)) for cell in cells]
+    with ThreadPoolExecutor(max(1, a.jobs)) as pool:
+        versions = list(pool.map(lambda cell: train_cell(cell, a.data, a.out, options), cells))
+    rows = [row(cell, version) for cell, version in zip(cells, versions, strict=True)]
     text = report(rows, " ".join(["python -m bench.cells", *(argv if argv is not None else sys.argv[1:])]))
     a.report.parent.mkdir(parents=True, exist_ok=True)
     a.report.write_text(text, encoding="utf-8")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from service.engine.sessions import SessionOptions, make_session, softmax
-from service.engine.tags import Crf, Word, entities, split_words
+from service.engine.tags import OUTSIDE, Crf, Word, entities, split_words
 from service.engine.text import TextEncoder, pad_batch
 
 
@@ -76,11 +76,16 @@ class TaggerRuntime:
     def run(self, batch: Sequence[Encoded]) -> list[Tagged]:
         ids, lengths = pad_batch([e.ids for e in batch])
         outputs = self.session.run(self.outputs, {"ids": ids, "lengths": lengths})
-        emissions = np.asarray(outputs[0], dtype=np.float64)  # (B, T, K)
+        paths, probs = self._decode(np.asarray(outputs[0], dtype=np.float64), batch)
         intent_probs = softmax(np.asarray(outputs[1], dtype=np.float64)) if self.intents else None
         results = []
         for row, enc in enumerate(batch):
-            tags, scores = self._decode(emissions[row], enc.first)
+            placed = iter(range(len(enc.first)))
+            tags, scores = [], []
+            for position in enc.first:  # a word without a piece of its own is outside every entity
+                w = next(placed) if position >= 0 else -1
+                tags.append(self.tags[paths[row, w]] if w >= 0 else OUTSIDE)
+                scores.append(float(probs[row, w, paths[row, w]]) if w >= 0 else 1.0)
             tagged = Tagged(tags, scores)
             if intent_probs is not None:
                 best = int(intent_probs[row].argmax())
@@ -89,21 +94,19 @@ class TaggerRuntime:
             results.append(tagged)
         return results
 
-    def _decode(self, emissions: np.ndarray, first: list[int]) -> tuple[list[str], list[float]]:
-        positions = [p for p in first if p >= 0]
-        if not positions:
-            return ["O"] * len(first), [1.0] * len(first)
-        word_emissions = emissions[positions]  # (W, K)
-        if self.crf is not None:
-            path = self.crf.viterbi(word_emissions)
-            probs = self.crf.marginals(word_emissions)
-        else:
-            probs = softmax(word_emissions)
-            path = probs.argmax(axis=1).tolist()
-        tags = iter([self.tags[k] for k in path])
-        scores = iter(float(probs[w, k]) for w, k in enumerate(path))
-        # a word without a piece of its own is outside every entity
-        return ([next(tags) if p >= 0 else "O" for p in first], [next(scores) if p >= 0 else 1.0 for p in first])
+    def _decode(self, emissions: np.ndarray, batch: Sequence[Encoded]) -> tuple[np.ndarray, np.ndarray]:
+        """Best tags (B, W) and each word's tag probabilities (B, W, K), for the words with a first piece, in order:
+        Viterbi and marginals with a CRF, else each word's softmax."""
+        placed = [[p for p in e.first if p >= 0] or [0] for e in batch]
+        counts = np.array([len(p) for p in placed])
+        index = np.zeros((len(batch), int(counts.max(initial=1))), dtype=np.int64)
+        for row, positions in enumerate(placed):
+            index[row, :len(positions)] = positions
+        words = np.take_along_axis(emissions, index[..., None], axis=1)  # (B, W, K)
+        if self.crf is None:
+            probs = softmax(words)
+            return probs.argmax(axis=2), probs
+        return self.crf.viterbi_batch(words, counts), self.crf.marginals_batch(words, counts)
 
     def tag_words(self, words: Sequence[Sequence[str]]) -> list[Tagged]:
         return self.run(self.encode(words))

@@ -120,37 +120,54 @@ def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Crf:
-    """A linear-chain CRF's scores: start (K,), transitions (K from, K to), end (K,)."""
+    """A linear-chain CRF's scores: start (K,), transitions (K from, K to), end (K,). Decoding runs on a whole batch
+    at once (rows padded past their lengths), one numpy step per word position."""
 
     start: np.ndarray
     transitions: np.ndarray
     end: np.ndarray
 
+    def viterbi_batch(self, emissions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The best tag sequence of each row (B, W) for word emissions (B, W, K); past a row's length: 0."""
+        batch, words, _ = emissions.shape
+        rows = np.arange(batch)
+        score = self.start + emissions[:, 0]  # (B, K)
+        back = np.zeros((batch, words, emissions.shape[2]), dtype=np.int64)
+        for w in range(1, words):
+            cand = score[:, :, None] + self.transitions[None]  # (B, K from, K to)
+            back[:, w] = cand.argmax(axis=1)
+            score = np.where((w < lengths)[:, None], cand.max(axis=1) + emissions[:, w], score)
+        paths = np.zeros((batch, words), dtype=np.int64)
+        tag = (score + self.end).argmax(axis=1)  # (B,) the last real word's tag
+        for w in range(words - 1, -1, -1):
+            here = w < lengths  # rows whose path has reached w (walking back from their last word)
+            paths[:, w] = np.where(here, tag, 0)
+            if w > 0:
+                tag = np.where(here, back[rows, w, tag], tag)
+        return paths
+
+    def marginals_batch(self, emissions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """P(tag at word w) under the CRF (B, W, K) by forward-backward in log space; rows past their length: 0."""
+        batch, words, _ = emissions.shape
+        alpha = np.empty_like(emissions)
+        beta = np.zeros_like(emissions)
+        alpha[:, 0] = self.start + emissions[:, 0]
+        for w in range(1, words):
+            alpha[:, w] = _logsumexp(alpha[:, w - 1][:, :, None] + self.transitions[None], axis=1) + emissions[:, w]
+        last = (lengths - 1)[:, None]  # (B, 1)
+        beta[:, words - 1] = self.end
+        for w in range(words - 2, -1, -1):
+            step = _logsumexp(self.transitions[None] + (emissions[:, w + 1] + beta[:, w + 1])[:, None, :], axis=2)
+            beta[:, w] = np.where(w == last, self.end, step)
+        rows = np.arange(batch)
+        log_z = _logsumexp(alpha[rows, lengths - 1] + self.end, axis=1)  # (B,)
+        valid = (np.arange(words)[None, :] < lengths[:, None])[..., None]
+        return np.where(valid, np.exp(np.minimum(alpha + beta - log_z[:, None, None], 0.0)), 0.0)
+
     def viterbi(self, emissions: np.ndarray) -> list[int]:
         """The best tag sequence for one text's word emissions (W, K), W >= 1."""
-        score = self.start + emissions[0]
-        back = []
-        for w in range(1, len(emissions)):
-            cand = score[:, None] + self.transitions  # (K from, K to)
-            back.append(cand.argmax(axis=0))
-            score = cand.max(axis=0) + emissions[w]
-        tag = int((score + self.end).argmax())
-        path = [tag]
-        for arg in reversed(back):
-            tag = int(arg[tag])
-            path.append(tag)
-        return path[::-1]
+        return self.viterbi_batch(emissions[None], np.array([len(emissions)]))[0].tolist()
 
     def marginals(self, emissions: np.ndarray) -> np.ndarray:
-        """P(tag at word w) under the CRF (W, K), by the forward-backward algorithm in log space."""
-        n = len(emissions)
-        alpha = np.empty_like(emissions)
-        beta = np.empty_like(emissions)
-        alpha[0] = self.start + emissions[0]
-        for w in range(1, n):
-            alpha[w] = _logsumexp(alpha[w - 1][:, None] + self.transitions, axis=0) + emissions[w]
-        beta[n - 1] = self.end
-        for w in range(n - 2, -1, -1):
-            beta[w] = _logsumexp(self.transitions + (emissions[w + 1] + beta[w + 1])[None, :], axis=1)
-        log_z = _logsumexp(alpha[n - 1] + self.end, axis=0)
-        return np.asarray(np.exp(alpha + beta - log_z))
+        """P(tag at word w) for one text's word emissions (W, K)."""
+        return self.marginals_batch(emissions[None], np.array([len(emissions)]))[0]

@@ -10,7 +10,7 @@ from bench.cells import main
 def test_cells_train_each_cell_and_tabulate_their_test_figures(tmp_path: Path, tagger_data: Path) -> None:
     report = tmp_path / "cells.md"
     assert main(["--data", str(tagger_data), "--cells", "rnn,jordan", "--out", str(tmp_path / "out"),
-                 "--report", str(report), "--", "--epochs", "2", "--emb-dim", "8", "--hidden", "8",
+                 "--report", str(report), "--jobs", "2", "--", "--epochs", "2", "--emb-dim", "8", "--hidden", "8",
                  "--vocab-size", "300", "--batch-size", "32"]) == 0
     text = report.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| Elman") or line.startswith("| Jordan")]

@@ -210,6 +210,14 @@ def test_viterbi_numpy_matches_torch_on_random_sentences() -> None:
     assert [len(p) for p in paths] == lengths.tolist()
     for b, length in enumerate(lengths):
         assert numpy_crf.viterbi(emissions[b, :length]) == paths[b]
+    # the whole padded batch at once, as the service decodes it
+    batch_paths = numpy_crf.viterbi_batch(emissions, lengths)
+    batch_marginals = numpy_crf.marginals_batch(emissions, lengths)
+    for b, length in enumerate(lengths):
+        assert batch_paths[b, :length].tolist() == paths[b]
+        np.testing.assert_allclose(batch_marginals[b, :length], numpy_crf.marginals(emissions[b, :length]),
+                                   atol=1e-12)
+        assert not batch_marginals[b, length:].any()
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 4])

@@ -11,8 +11,8 @@ import pytest
 from tests.conftest import synthetic_tagged
 from tests.training.test_train_cli import seqserve
 
-TINY = ["--epochs", "3", "--emb-dim", "16", "--hidden", "16", "--vocab-size", "300", "--batch-size", "16",
-        "--lr", "0.01"]
+TINY = ["--epochs", "3", "--emb-dim", "16", "--hidden", "16", "--dropout", "0.1", "--vocab-size", "300",
+        "--batch-size", "16", "--lr", "0.01"]
 
 
 def write_conll(path: Path, rows: list[tuple[list[str], list[str], str]]) -> Path:
