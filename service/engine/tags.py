@@ -166,8 +166,8 @@ class Crf:
 
     def viterbi(self, emissions: np.ndarray) -> list[int]:
         """The best tag sequence for one text's word emissions (W, K), W >= 1."""
-        return self.viterbi_batch(emissions[None], np.array([len(emissions)]))[0].tolist()
+        return [int(t) for t in self.viterbi_batch(emissions[None], np.array([len(emissions)]))[0]]
 
     def marginals(self, emissions: np.ndarray) -> np.ndarray:
         """P(tag at word w) for one text's word emissions (W, K)."""
-        return self.marginals_batch(emissions[None], np.array([len(emissions)]))[0]
+        return np.asarray(self.marginals_batch(emissions[None], np.array([len(emissions)]))[0])
