@@ -346,12 +346,14 @@ def tagger_forward(
     cell: str,
     num_layers: int,
     bidirectional: bool,
+    intent_head: str = "max",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Numpy twin of models.tagger.RNNTagger in eval mode: embed -> encoder -> zero past lengths -> emit linear.
 
     `params` is the tagger's state_dict as numpy arrays (keys `embedding.weight`, `rnn.*`, `emit.*`, optionally
     `intent.*`; `crf.*` is ignored); returns (emissions (B, T, K), intent logits (B, I) or None). The intent head
-    reads the encoder states max-pooled over each text's real steps."""
+    reads the encoder states max-pooled over each text's real steps ("max"), max- and mean-pooled ("max_mean"), or
+    every step ("tokens": the log of the mean of the steps' intent distributions)."""
     lengths = np.asarray(lengths)
     x_t = params["embedding.weight"][ids]  # (B, T, E)
     rnn = {name.removeprefix("rnn."): w for name, w in params.items() if name.startswith("rnn.")}
@@ -364,5 +366,10 @@ def tagger_forward(
     emissions = _affine(h, params["emit.weight"], params["emit.bias"])  # (B, T, K)
     if "intent.weight" not in params:
         return emissions, None
+    if intent_head == "tokens":
+        probs = np.where(valid, softmax(_affine(h, params["intent.weight"], params["intent.bias"])), 0.0)  # (B, T, I)
+        return emissions, np.log(probs.sum(axis=1) / lengths[:, None])  # (B, I)
     pooled = pool(h, np.empty(0), lengths, "max", bidirectional)  # (B, dirs * H)
+    if intent_head == "max_mean":
+        pooled = np.concatenate([pooled, pool(h, np.empty(0), lengths, "mean", bidirectional)], axis=-1)
     return emissions, _affine(pooled, params["intent.weight"], params["intent.bias"])

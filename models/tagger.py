@@ -18,6 +18,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 CELLS = ("rnn", "jordan", "lstm", "gru")
+# How the intent head reads the encoder states: "max" pools them; "max_mean" concatenates max and mean pooling;
+# "tokens" predicts the intent at every piece and averages the distributions (token-level intent detection, as
+# Stack-Propagation, Qin et al. 2019), trained on every piece.
+INTENT_HEADS = ("max", "max_mean", "tokens")
 _TORCH_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
@@ -33,12 +37,15 @@ class TaggerConfig:
     bidirectional: bool = True
     dropout: float = 0.3
     crf: bool = True
+    intent_head: str = "max"
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {list(CELLS)}, got {self.cell!r}")
         if self.num_tags < 1:
             raise ValueError(f"num_tags must be at least 1, got {self.num_tags}")
+        if self.intent_head not in INTENT_HEADS:
+            raise ValueError(f"intent_head must be one of {list(INTENT_HEADS)}, got {self.intent_head!r}")
         if self.num_intents == 1 or self.num_intents < 0:
             raise ValueError(f"num_intents must be 0 (no intent head) or at least 2, got {self.num_intents}")
 
@@ -193,7 +200,9 @@ class RNNTagger(nn.Module):
         width = (2 if cfg.bidirectional else 1) * cfg.hidden
         self.dropout = nn.Dropout(cfg.dropout)
         self.emit = nn.Linear(width, cfg.num_tags)
-        self.intent = nn.Linear(width, cfg.num_intents) if cfg.num_intents else None
+        pooled_width = 2 * width if cfg.intent_head == "max_mean" else width
+        self.intent = nn.Linear(pooled_width, cfg.num_intents) if cfg.num_intents else None
+        self.token_intent_logits: Tensor | None = None  # "tokens": the last forward's per-piece logits (B, T, I)
         self.crf = CRF(cfg.num_tags) if cfg.crf else None
 
     def encode(self, ids: Tensor, lengths: Tensor) -> Tensor:
@@ -213,6 +222,14 @@ class RNNTagger(nn.Module):
         emissions = self.emit(self.dropout(h))  # (B, T, K)
         if self.intent is None:
             return (emissions,)
-        valid = (torch.arange(ids.size(1), device=ids.device)[None, :] < lengths[:, None])[..., None]
+        valid = (torch.arange(ids.size(1), device=ids.device)[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
+        if self.cfg.intent_head == "tokens":
+            self.token_intent_logits = logits = self.intent(self.dropout(h))  # (B, T, I)
+            probs = torch.softmax(logits, dim=-1) * valid.to(logits.dtype)
+            mean = probs.sum(dim=1) / lengths[:, None].to(logits.dtype)  # (B, I)
+            return emissions, torch.log(mean.clamp_min(1e-30))  # log-probabilities: their softmax is `mean`
         pooled = h.masked_fill(~valid, float("-inf")).amax(dim=1)  # (B, dirs*H)
+        if self.cfg.intent_head == "max_mean":
+            mean = h.sum(dim=1) / lengths[:, None].to(h.dtype)  # h is zero past each length
+            pooled = torch.cat([pooled, mean], dim=-1)  # (B, 2*dirs*H)
         return emissions, self.intent(self.dropout(pooled))  # (B, I)

@@ -248,7 +248,15 @@ class TaggerTask:
         if intent_logits is not None:
             intent = batch["intent"].to(self.device)
             if bool((intent != IGNORE).any()):
-                loss = loss + self.intent_weight * F.cross_entropy(intent_logits, intent, ignore_index=IGNORE)
+                if core.token_intent_logits is not None:  # token-level intent: every piece learns the intent
+                    lengths = batch["lengths"].to(self.device)
+                    pieces = core.token_intent_logits
+                    valid = torch.arange(pieces.size(1), device=self.device)[None, :] < lengths[:, None]
+                    target = intent[:, None].expand(-1, pieces.size(1))[valid]
+                    intent_loss = F.cross_entropy(pieces[valid], target, ignore_index=IGNORE)
+                else:
+                    intent_loss = F.cross_entropy(intent_logits, intent, ignore_index=IGNORE)
+                loss = loss + self.intent_weight * intent_loss
         return loss, int(batch["lengths"].sum())
 
     def validate(self, model: nn.Module) -> dict[str, float]:

@@ -22,6 +22,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-bidirectional", action="store_true")
     p.add_argument("--no-crf", action="store_true", help="tag each word by its own argmax instead of a CRF")
     p.add_argument("--intent-weight", type=float, default=1.0, help="the intent loss's weight (with intents)")
+    p.add_argument("--intent-head", choices=["max", "max_mean", "tokens"], default="max",
+                   help="intents from max-pooled states, max and mean pooled, or voted by every piece")
     p.add_argument("--lowercase", action="store_true", help="lower-case in the tokenizer (case helps NER)")
     train_options(p, cells=("rnn", "jordan", "lstm", "gru"))
     # Tagging data sets are small (ATIS has 4,478 sentences): more regularization and a longer run, stopped early,
@@ -37,7 +39,8 @@ def job(a: argparse.Namespace) -> Any:
     data = TaggedData(a.data, a.data_dir, a.tag_column, a.valid_data, a.test_data, a.valid_fraction,
                       a.test_fraction, a.seed)
     model = model_config(TaggerConfig, vocab_size=a.vocab_size, cell=a.cell, emb_dim=a.emb_dim, hidden=a.hidden,
-                         layers=a.layers, bidirectional=not a.no_bidirectional, dropout=a.dropout, crf=not a.no_crf)
+                         layers=a.layers, bidirectional=not a.no_bidirectional, dropout=a.dropout, crf=not a.no_crf,
+                         intent_head=a.intent_head)
     return TaggerJob(data=data, out=a.out, model=model, train=train_config(a), max_length=a.max_length,
                      lowercase=a.lowercase, version=a.version, work_dir=a.work_dir, resume=a.resume,
                      intent_weight=a.intent_weight)

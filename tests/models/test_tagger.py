@@ -107,10 +107,11 @@ TEXTS = [[5, 9, 13, 2, 7], [7, 8], [4, 11, 12, 30, 31, 32, 39], [3]]  # ids of t
 LONGER = [[5, 9, 13, 2, 7, 1, 6, 22, 18, 33, 21], [7, 8], [4, 11, 12, 30], [3, 3, 3]]  # longer than TEXTS
 
 
-def _tagger(cell: str, num_intents: int, layers: int = 1, bidirectional: bool = True) -> RNNTagger:
+def _tagger(cell: str, num_intents: int, layers: int = 1, bidirectional: bool = True,
+            intent_head: str = "max") -> RNNTagger:
     torch.manual_seed(0)
     cfg = TaggerConfig(vocab_size=VOCAB, num_tags=NUM_TAGS, num_intents=num_intents, cell=cell, emb_dim=6,
-                       hidden=4, layers=layers, bidirectional=bidirectional, dropout=0.3)
+                       hidden=4, layers=layers, bidirectional=bidirectional, dropout=0.3, intent_head=intent_head)
     return RNNTagger(cfg).eval()  # eval: the dropout of 0.3 must be off
 
 
@@ -135,6 +136,21 @@ def test_tagger_forward_matches_torch(cell: str, layers: int, num_intents: int) 
         np.testing.assert_allclose(intent, outputs[1].numpy(), atol=1e-5)
     else:
         assert len(outputs) == 1 and intent is None
+
+
+@pytest.mark.parametrize("intent_head", ["max_mean", "tokens"])
+@pytest.mark.parametrize("cell", ["jordan", "gru"])
+def test_each_intent_head_matches_the_reference_in_torch_and_onnx(cell: str, intent_head: str, tmp_path: Path) -> None:
+    model = _tagger(cell, 3, intent_head=intent_head)
+    ids, lengths = pad_batch(TEXTS)
+    with torch.no_grad():
+        outputs = model(torch.from_numpy(ids), torch.from_numpy(lengths))
+    _, intent = tagger_forward(_numpy_params(model), ids, lengths, cell, 1, True, intent_head)
+    np.testing.assert_allclose(intent, outputs[1].numpy(), atol=1e-5)
+    _export(model, tmp_path / "tagger.onnx")
+    session = ort.InferenceSession(str(tmp_path / "tagger.onnx"), providers=["CPUExecutionProvider"])
+    _, onnx_intent = session.run(None, {"ids": ids, "lengths": lengths})
+    np.testing.assert_allclose(onnx_intent, intent, atol=1e-4)
 
 
 def _export(model: RNNTagger, path: Path) -> None:
