@@ -1,6 +1,6 @@
 """A recurrent sequence tagger with an optional intent head: embedding -> Elman, Jordan, LSTM or GRU encoder ->
-tag emissions per position -> an optional CRF; the intent head reads the max-pooled encoder states (a joint
-model, as in Liu & Lane 2016 and Goo et al. 2018).
+tag emissions per position -> an optional CRF; the intent head reads the encoder states (a joint model, as in
+Liu & Lane 2016 and Goo et al. 2018), by default at every piece (`INTENT_HEADS`).
 
 The graph works on subword pieces; a word's tag is read off its first piece (the training task gathers those
 positions, and so does the serving runtime). The CRF runs over words, in torch for training and for the parity
@@ -37,7 +37,7 @@ class TaggerConfig:
     bidirectional: bool = True
     dropout: float = 0.3
     crf: bool = True
-    intent_head: str = "max"
+    intent_head: str = "tokens"  # docs/tagging.md: on ATIS, 96.7 % intent accuracy against max pooling's 96.3
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:

@@ -22,8 +22,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-bidirectional", action="store_true")
     p.add_argument("--no-crf", action="store_true", help="tag each word by its own argmax instead of a CRF")
     p.add_argument("--intent-weight", type=float, default=1.0, help="the intent loss's weight (with intents)")
-    p.add_argument("--intent-head", choices=["max", "max_mean", "tokens"], default="max",
-                   help="intents from max-pooled states, max and mean pooled, or voted by every piece")
+    p.add_argument("--intent-head", choices=["max", "max_mean", "tokens"], default="tokens",
+                   help="intents voted by every piece (default), or from max-pooled states, or max and mean pooled")
     p.add_argument("--lowercase", action="store_true", help="lower-case in the tokenizer (case helps NER)")
     train_options(p, cells=("rnn", "jordan", "lstm", "gru"))
     # Tagging data sets are small (ATIS has 4,478 sentences): more regularization and a longer run, stopped early,

@@ -28,7 +28,7 @@ BUNDLED = ROOT / "model_repository"
 TOLERANCE = 1e-5
 CLASSIFIERS = ("sentiment", "sentiment-int8", "reviews", "reviews-int8")
 TRANSLATORS = ("en-de", "numbers", "numbers-int8")
-TAGGERS = ("flights", "flights-int8")
+TAGGERS = ("atis", "flights", "flights-int8")
 
 
 def held_out_texts(version: Path, count: int, seed: int) -> list[str]:
@@ -41,12 +41,13 @@ def held_out_texts(version: Path, count: int, seed: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, classifier_version, translator_version, tagger_version):
-    """The bundled models as they ship (sentiment fp32, en-de int8), sentiment quantized here, and the tiny models
-    in fp32 and int8."""
+    """The bundled models as they ship (sentiment and atis fp32, en-de int8), sentiment quantized here, and the tiny
+    models in fp32 and int8."""
     root = tmp_path_factory.mktemp("invariance")
     repo = root / "repo"
     shutil.copytree(resolve_version_dir(BUNDLED / "sentiment"), repo / "sentiment" / "1")
     shutil.copytree(resolve_version_dir(BUNDLED / "en-de"), repo / "en-de" / "1")
+    shutil.copytree(resolve_version_dir(BUNDLED / "atis"), repo / "atis" / "1")
     shutil.copytree(classifier_version, repo / "reviews" / "1")
     shutil.copytree(translator_version, repo / "numbers" / "1")
     shutil.copytree(tagger_version, repo / "flights" / "1")

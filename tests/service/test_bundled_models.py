@@ -11,6 +11,7 @@ import pytest
 
 from service.engine.classifier import ClassifierRuntime
 from service.engine.repository import read_config, resolve_version_dir
+from service.engine.tagger import TaggerRuntime
 from service.engine.translator import DecodeOptions, TranslatorRuntime
 from tests.conftest import ROOT
 from tests.fixtures import ProcessServer
@@ -25,9 +26,10 @@ def bundled(tmp_path_factory):
     assert server.stop() == 0
 
 
-def test_both_bundled_models_serve_and_describe_themselves(bundled):
+def test_the_bundled_models_serve_and_describe_themselves(bundled):
     assert httpx.get(f"{bundled.url}/v2/health/ready", timeout=10).status_code == 200
-    for name, kind, version in (("sentiment", "classifier", "1"), ("en-de", "translator", "2")):
+    models = (("sentiment", "classifier", "1"), ("en-de", "translator", "2"), ("atis", "tagger", "1"))
+    for name, kind, version in models:
         meta = httpx.get(f"{bundled.url}/v2/models/{name}", timeout=10).json()
         assert meta["parameters"]["kind"] == kind and meta["versions"] == [version]
 
@@ -57,3 +59,25 @@ def test_the_en_de_translator_translates_and_matches_the_engine(bundled):
     body = {"model": "en-de", "texts": ["Two dogs are playing in the snow."]}
     snow = httpx.post(f"{bundled.url}/v1/translate", json=body, timeout=60).json()["results"][0]["translation"]
     assert "Hunde" in snow and "Schnee" in snow, snow
+
+
+def test_the_atis_tagger_fills_slots_and_intents_and_matches_the_engine(bundled):
+    texts = ["show me flights from boston to denver on monday morning",
+             "what is the cheapest fare from Dallas to San Francisco?",
+             "which airlines fly from pittsburgh to atlanta"]
+    answer = httpx.post(f"{bundled.url}/v1/tag", json={"model": "atis", "texts": texts}, timeout=30).json()
+    first, second, third = answer["results"]
+    assert [(e["label"], e["text"]) for e in first["entities"]] == [
+        ("fromloc.city_name", "boston"), ("toloc.city_name", "denver"), ("depart_date.day_name", "monday"),
+        ("depart_time.period_of_day", "morning")]
+    assert first["intent"]["label"] == "atis_flight"
+    assert second["intent"]["label"] == "atis_airfare"
+    assert ("cost_relative", "cheapest") in [(e["label"], e["text"]) for e in second["entities"]]
+    assert third["intent"]["label"] == "atis_airline"
+    version = resolve_version_dir(REPOSITORY / "atis")
+    bare = TaggerRuntime(version, read_config(version)).tag_texts(texts)
+    for served, engine in zip(answer["results"], bare, strict=True):
+        assert [t["tag"] for t in served["tokens"]] == [t["tag"] for t in engine["tokens"]]
+        assert [t["score"] for t in served["tokens"]] == pytest.approx([t["score"] for t in engine["tokens"]],
+                                                                     abs=1e-6)
+        assert served["intent"]["label"] == engine["intent"]["label"]

@@ -86,7 +86,8 @@ def test_tritonclient_with_its_defaults_gets_binary_outputs(make_server):
     cases = [("reviews", [POSITIVE, NEGATIVE], ["label", "score", "probabilities"]),
              ("numbers", ["one two", "three four five"], ["translation", "score"]),
              ("flights", ["show me flights from boston to new york", "how much is a ticket to miami"],
-              ["tags", "token_offsets", "entities", "intent_probabilities"])]
+              ["tags", "token_offsets", "token_scores", "entities", "intent", "intent_score",
+               "intent_probabilities"])]
     for model, texts, names in cases:
         text = triton.InferInput("text", [len(texts)], "BYTES")
         text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
