@@ -10,7 +10,7 @@ graph is. Recurrent ops stay in float: onnxruntime's DynamicQuantizeLSTM quantiz
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,15 @@ def sample_texts(texts: Sequence[str], size: int, seed: int = 0) -> list[str]:
         raise UserError("no calibration texts: every text is empty")
     chosen = random.Random(seed).sample(pool, min(size, len(pool)))
     return sorted(chosen, key=len)
+
+
+def one_graph_feeds(runtime: Any, run: Callable[[list[str]], object], texts: Sequence[str]) -> dict[str, list[Feeds]]:
+    """The feeds of a runtime's one session (`runtime.session`, config key "model") while `run` serves the texts in
+    batches as the service makes them."""
+    runtime.session = recorder = Recorder(runtime.session)
+    for batch in in_batches(texts, CALIBRATION_BATCH):
+        run(batch)
+    return {"model": recorder.feeds}
 
 
 def in_batches(texts: Sequence[str], size: int) -> Iterable[list[str]]:

@@ -20,11 +20,11 @@ from service.engine.repository import read_config
 from service.engine.text import TextEncoder
 from service.errors import UserError
 from training.batching import bucket_batches, to_tensors
-from training.calibration import CALIBRATION_BATCH, Feeds, Recorder, in_batches
+from training.calibration import Feeds, one_graph_feeds
 from training.classifier_export import export_classifier, sample_ids
 from training.data import DataError, Example, read_labelled, stratified_split
 from training.embeddings import pretrained_embeddings
-from training.kind import Built, KindTools, Splits
+from training.kind import Built, KindTools, Splits, choose_split, recorded_data
 from training.loop import MIN_VOCAB_SIZE, Batch, TrainConfig, check_at_least, check_fraction, check_split
 from training.metrics import classification_report
 from training.recipes import rotten_tomatoes
@@ -208,27 +208,18 @@ def evaluate_classifier(version_dir: Path, examples: Sequence[Example], batch_si
 
 def load_eval_data(config: dict[str, Any], args: Any) -> Sequence[Example]:
     """`seqserve evaluate` data for a classifier: the recorded source and its split, or all of --data."""
-    settings = dict(config.get("provenance", {}).get("settings", {}))
-    source = args.data or config.get("provenance", {}).get("source")
-    if not source:
-        raise UserError("the model records no training data; pass --data")
+    source, settings = recorded_data(config, args)
     if args.data is not None and args.data not in RECIPES:
         return read_labelled(args.data, args.text_field, args.label_field)  # a file: all of it
     data = LabelledData(source, **{k: v for k, v in settings.items() if k in LabelledData.__dataclass_fields__})
     train, valid, test = data.load()
-    splits = {"train": train, "valid": valid, "test": test}
-    if args.split not in splits:
-        raise UserError(f"--split must be one of {', '.join(splits)}, got {args.split!r}")
-    return splits[args.split]
+    return choose_split({"train": train, "valid": valid, "test": test}, args.split)
 
 
 def calibration_feeds(version_dir: Path, config: dict[str, Any], texts: Sequence[str]) -> dict[str, list[Feeds]]:
     """The classifier graph's feeds for the texts, in batches of like lengths as the service makes them."""
     runtime = ClassifierRuntime(version_dir, config)
-    runtime.session = recorder = Recorder(runtime.session)
-    for batch in in_batches(texts, CALIBRATION_BATCH):
-        runtime.predict(batch)
-    return {"model": recorder.feeds}
+    return one_graph_feeds(runtime, runtime.predict, texts)
 
 
 TOOLS = KindTools(export=export_run_files, evaluate=evaluate_classifier, eval_data=load_eval_data,

@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import json
+import os
 import random
 import sys
 from collections import defaultdict
@@ -235,3 +236,13 @@ def random_split(items: Sequence[T], valid: float, test: float, seed: int) -> tu
     random.Random(seed).shuffle(items)
     n_test, n_valid = round(len(items) * test), round(len(items) * valid)
     return items[n_test + n_valid:], items[n_test:n_test + n_valid], items[:n_test]
+
+
+def default_data_dir(name: str, env: str) -> Path:
+    """A named data set's folder: $env, else ../shared/datasets/<name> beside the project, else a user cache."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets" / name
+    if shared.is_dir():
+        return shared
+    return Path.home() / ".cache" / "seqserve" / name

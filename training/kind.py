@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from service.errors import UserError
 from training.loop import Task, TrainConfig
 from training.repo_writer import VersionWriter
 
@@ -70,3 +71,18 @@ class KindTools:
     # test run of a translator is left to `seqserve evaluate`)
     evaluate_after_quantize: bool = False
     eval_options: tuple[str, ...] = ()  # the options of `seqserve evaluate` that `evaluate` takes
+
+
+def recorded_data(config: dict[str, Any], args: Any) -> tuple[str, dict[str, Any]]:
+    """What `seqserve evaluate` reads: --data, or else the source the model records; and the recorded settings."""
+    provenance = config.get("provenance", {})
+    source = args.data or provenance.get("source")
+    if not source:
+        raise UserError("the model records no training data; pass --data")
+    return source, dict(provenance.get("settings", {}))
+
+
+def choose_split(splits: dict[str, Sequence[Any]], name: str) -> Sequence[Any]:
+    if name not in splits:
+        raise UserError(f"--split must be one of {', '.join(splits)}, got {name!r}")
+    return splits[name]

@@ -6,13 +6,12 @@ import bz2
 import csv
 import importlib.util
 import io
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from training.data import DataError, Example, Pair, check_labelled, read_parallel_files
+from training.data import DataError, Example, Pair, check_labelled, default_data_dir, read_parallel_files
 
 MULTI30K_LANGS = ("en", "de", "fr")
 MULTI30K_SPLITS = {"train": "train", "val": "val", "valid": "val", "test2016": "test_2016_flickr"}
@@ -45,12 +44,7 @@ def rotten_tomatoes_path() -> Path:
 
 def default_multi30k_dir() -> Path:
     """$SEQSERVE_MULTI30K_DIR, else ../shared/datasets/multi30k beside the project, else a user cache."""
-    if os.environ.get(MULTI30K_ENV):
-        return Path(os.environ[MULTI30K_ENV])
-    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "multi30k"
-    if shared.is_dir():
-        return shared
-    return Path.home() / ".cache" / "seqserve" / "multi30k"
+    return default_data_dir("multi30k", MULTI30K_ENV)
 
 
 def multi30k(src_lang: str, tgt_lang: str, split: str, data_dir: str | Path | None = None) -> list[Pair]:

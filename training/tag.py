@@ -24,9 +24,9 @@ from service.engine.tags import OUTSIDE
 from service.engine.text import TextEncoder, pad_batch
 from service.errors import UserError
 from training.batching import bucket_batches
-from training.calibration import CALIBRATION_BATCH, Feeds, Recorder, in_batches
+from training.calibration import Feeds, one_graph_feeds
 from training.data import DataError, random_split
-from training.kind import Built, KindTools, Splits
+from training.kind import Built, KindTools, Splits, choose_split, recorded_data
 from training.loop import MIN_VOCAB_SIZE, Batch, TrainConfig, check_at_least, check_fraction, check_split
 from training.repo_writer import VersionWriter
 from training.tag_data import Sentence, atis, read_tagged
@@ -339,10 +339,7 @@ def evaluate_tagger(version_dir: Path, sentences: Sequence[Sentence], batch_size
 def load_eval_data(config: dict[str, Any], args: Any) -> Sequence[Sentence]:
     """`seqserve evaluate` data for a tagger: the recorded source and its split, or the data given (a file: all of
     it; a folder: its --split)."""
-    settings = dict(config.get("provenance", {}).get("settings", {}))
-    source = args.data or config.get("provenance", {}).get("source")
-    if not source:
-        raise UserError("the model records no training data; pass --data")
+    source, settings = recorded_data(config, args)
     if args.data is not None and args.data not in RECIPES:
         read = read_tagged(args.data, int(getattr(args, "tag_column", None) or settings.get("tag_column", -1)))
         if not isinstance(read, dict):
@@ -352,18 +349,13 @@ def load_eval_data(config: dict[str, Any], args: Any) -> Sequence[Sentence]:
         data = TaggedData(source, **{k: v for k, v in settings.items() if k in TaggedData.__dataclass_fields__})
         train, valid, test = data.load()
         splits = {"train": train, "valid": valid, "test": test}
-    if args.split not in splits:
-        raise UserError(f"--split must be one of {', '.join(splits)}, got {args.split!r}")
-    return splits[args.split]
+    return choose_split(splits, args.split)
 
 
 def calibration_feeds(version_dir: Path, config: dict[str, Any], texts: Sequence[str]) -> dict[str, list[Feeds]]:
     """The tagger graph's feeds for the texts, split into words and batched as the service does."""
     runtime = TaggerRuntime(version_dir, config)
-    runtime.session = recorder = Recorder(runtime.session)
-    for batch in in_batches(texts, CALIBRATION_BATCH):
-        runtime.tag_texts(batch)
-    return {"model": recorder.feeds}
+    return one_graph_feeds(runtime, runtime.tag_texts, texts)
 
 
 TOOLS = KindTools(export=export_run_files, evaluate=evaluate_tagger, eval_data=load_eval_data,

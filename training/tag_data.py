@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from service.engine.tags import OUTSIDE, repair_bio, split_words
-from training.data import DataError, read_text
+from training.data import DataError, default_data_dir, read_text
 
 log = logging.getLogger("seqserve.train")
 
@@ -288,12 +287,7 @@ def read_tagged(path: str | Path, tag_column: int = -1) -> list[Sentence] | dict
 
 def default_atis_dir() -> Path:
     """$SEQSERVE_ATIS_DIR, else ../shared/datasets/atis beside the project, else a user cache."""
-    if os.environ.get(ATIS_ENV):
-        return Path(os.environ[ATIS_ENV])
-    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "atis"
-    if shared.is_dir():
-        return shared
-    return Path.home() / ".cache" / "seqserve" / "atis"
+    return default_data_dir("atis", ATIS_ENV)
 
 
 def atis(data_dir: str | Path | None = None) -> dict[str, list[Sentence]]:
