@@ -129,14 +129,17 @@ class Crf:
 
     def viterbi_batch(self, emissions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The best tag sequence of each row (B, W) for word emissions (B, W, K); past a row's length: 0."""
-        batch, words, _ = emissions.shape
+        batch, words, tags = emissions.shape
         rows = np.arange(batch)
+        into = np.ascontiguousarray(self.transitions.T)  # (K to, K from): each step reduces the last, contiguous axis
         score = self.start + emissions[:, 0]  # (B, K)
-        back = np.zeros((batch, words, emissions.shape[2]), dtype=np.int64)
+        back = np.zeros((batch, words, tags), dtype=np.int64)
         for w in range(1, words):
-            cand = score[:, :, None] + self.transitions[None]  # (B, K from, K to)
-            back[:, w] = cand.argmax(axis=1)
-            score = np.where((w < lengths)[:, None], cand.max(axis=1) + emissions[:, w], score)
+            active = np.flatnonzero(w < lengths)  # rows that still have a word here
+            cand = score[active, None, :] + into[None]  # (A, K to, K from)
+            back[active, w] = best_from = cand.argmax(axis=2)
+            best = np.take_along_axis(cand, best_from[..., None], axis=2)[..., 0]
+            score[active] = best + emissions[active, w]
         paths = np.zeros((batch, words), dtype=np.int64)
         tag = (score + self.end).argmax(axis=1)  # (B,) the last real word's tag
         for w in range(words - 1, -1, -1):
@@ -147,7 +150,39 @@ class Crf:
         return paths
 
     def marginals_batch(self, emissions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """P(tag at word w) under the CRF (B, W, K) by forward-backward in log space; rows past their length: 0."""
+        """P(tag at word w) under the CRF (B, W, K) by forward-backward; rows past their length: 0.
+
+        The recursions run in probability space, rescaled at every word, so each step is one matrix product; the
+        log-space version is the fallback for scores so far apart that a rescaled step underflows."""
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+            probs = self._scaled_marginals(emissions, lengths)
+        if not np.isfinite(probs).all():
+            probs = self._log_marginals(emissions, lengths)
+        valid = (np.arange(emissions.shape[1])[None, :] < lengths[:, None])[..., None]
+        return np.where(valid, probs, 0.0)
+
+    def _scaled_marginals(self, emissions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        batch, words, _ = emissions.shape
+        step = np.exp(self.transitions - self.transitions.max())  # (K from, K to)
+        emit = np.exp(emissions - emissions.max(axis=2, keepdims=True))  # (B, W, K), each word rescaled
+        end = np.exp(self.end - self.end.max())
+        alpha = np.empty_like(emit)
+        beta = np.empty_like(emit)
+        a = np.exp(self.start - self.start.max()) * emit[:, 0]
+        alpha[:, 0] = a = a / a.sum(axis=1, keepdims=True)
+        for w in range(1, words):
+            a = (a @ step) * emit[:, w]
+            alpha[:, w] = a = a / a.sum(axis=1, keepdims=True)
+        last = (lengths - 1)[:, None]  # (B, 1)
+        beta[:, words - 1] = b = np.broadcast_to(end, (batch, len(end)))
+        for w in range(words - 2, -1, -1):
+            b = (emit[:, w + 1] * b) @ step.T
+            b = np.where(w == last, end, b / b.sum(axis=1, keepdims=True))
+            beta[:, w] = b
+        joint = alpha * beta
+        return np.asarray(joint / joint.sum(axis=2, keepdims=True))
+
+    def _log_marginals(self, emissions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         batch, words, _ = emissions.shape
         alpha = np.empty_like(emissions)
         beta = np.zeros_like(emissions)
@@ -161,8 +196,7 @@ class Crf:
             beta[:, w] = np.where(w == last, self.end, step)
         rows = np.arange(batch)
         log_z = _logsumexp(alpha[rows, lengths - 1] + self.end, axis=1)  # (B,)
-        valid = (np.arange(words)[None, :] < lengths[:, None])[..., None]
-        return np.where(valid, np.exp(np.minimum(alpha + beta - log_z[:, None, None], 0.0)), 0.0)
+        return np.asarray(np.exp(np.minimum(alpha + beta - log_z[:, None, None], 0.0)))
 
     def viterbi(self, emissions: np.ndarray) -> list[int]:
         """The best tag sequence for one text's word emissions (W, K), W >= 1."""
