@@ -41,3 +41,27 @@ def test_entities_read_bio_bioes_and_bilou_leniently() -> None:
 def test_repair_bio_turns_an_opening_i_into_b() -> None:
     assert repair_bio(["I-a", "I-a", "O", "I-b", "B-a", "I-b"]) == (["B-a", "I-a", "O", "B-b", "B-a", "B-b"], 3)
     assert repair_bio(["B-a", "I-a", "O"]) == (["B-a", "I-a", "O"], 0)
+
+
+def test_crf_marginals_fall_back_to_log_space_when_scores_are_far_apart() -> None:
+    """Scores hundreds apart underflow the rescaled recursion; the log-space one gives the same marginals."""
+    import numpy as np
+
+    from service.engine.tags import Crf
+
+    rng = np.random.default_rng(1)
+    k = 4
+    transitions = rng.normal(size=(k, k))
+    transitions[:, 0] = -2000.0  # nothing moves into tag 0, as a CRF learns for O -> I-x
+    crf = Crf(rng.normal(size=k), transitions, rng.normal(size=k))
+    emissions = rng.normal(scale=3.0, size=(3, 5, k))
+    emissions[1, 2, 0] = 1000.0  # the emissions want tag 0 where no path can reach it
+    lengths = np.array([5, 4, 2])
+    with np.errstate(all="ignore"):
+        assert not np.isfinite(crf._scaled_marginals(emissions, lengths)).all()
+    got = crf.marginals_batch(emissions, lengths)
+    expected = crf._log_marginals(emissions, lengths)
+    for row, n in enumerate(lengths):
+        np.testing.assert_allclose(got[row, :n], expected[row, :n], atol=1e-9)
+        np.testing.assert_allclose(got[row, :n].sum(axis=1), 1.0)
+        assert not got[row, n:].any()
