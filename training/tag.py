@@ -101,6 +101,7 @@ class Encoded:
     tags: list[int]  # per kept word; IGNORE for a tag the model does not know
     intent: int  # IGNORE without one
     gold: Sentence
+    words: list[int]  # which of the gold words each kept word is
 
 
 def encode_sentences(encoder: TextEncoder, sentences: Sequence[Sentence], tags: dict[str, int],
@@ -115,11 +116,10 @@ def encode_sentences(encoder: TextEncoder, sentences: Sequence[Sentence], tags: 
         for pos, word in enumerate(enc.word_ids[:len(ids)]):
             if word is not None and word >= len(first):
                 first.extend([-1] * (word - len(first)) + [pos])
-        kept = [(p, sentence.tags[w]) for w, p in enumerate(first) if p >= 0]
-        if not kept:
-            kept = [(0, OUTSIDE)]
-        out.append(Encoded(ids or [0], [p for p, _ in kept], [tags.get(t, IGNORE) for _, t in kept],
-                           intents.get(sentence.intent, IGNORE) if sentence.intent is not None else IGNORE, sentence))
+        kept = [(w, p) for w, p in enumerate(first) if p >= 0] or [(0, 0)]
+        out.append(Encoded(ids or [0], [p for _, p in kept], [tags.get(sentence.tags[w], IGNORE) for w, _ in kept],
+                           intents.get(sentence.intent, IGNORE) if sentence.intent is not None else IGNORE, sentence,
+                           [w for w, _ in kept]))
     return out
 
 
@@ -268,7 +268,10 @@ class TaggerTask:
             for e, path in zip(group, decode(core, em, mask), strict=True):
                 tags = [self.tags[k] for k in path]
                 gold.append(list(e.gold.tags))
-                pred.append(tags + [OUTSIDE] * (len(e.gold.tags) - len(tags)))
+                aligned = [OUTSIDE] * len(e.gold.tags)  # words cut or without a piece are outside
+                for w, tag in zip(e.words, tags, strict=True):
+                    aligned[w] = tag
+                pred.append(aligned)
             tags = batch["tags"].to(self.device)
             known = tags != IGNORE
             loss += float(F.cross_entropy(em[known], tags[known], reduction="sum"))
