@@ -7,11 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.body import body_doc, deadline_from, json_response, read_json
-from service.api.deps import reach, require_inference_key
+from service.api.body import body_doc
 from service.api.errors import RESPONSES
 from service.api.kind import ApiKind, FastRoute
-from service.serving.inference import check_texts, run_texts
+from service.api.texts import answer_texts
 from service.settings import Settings
 
 PATH = "/v1/tag"
@@ -66,14 +65,7 @@ class TagResponse(BaseModel):
 async def tag(request: Request) -> Response:
     """Each result has the words with their character offsets, tags and scores, the entities (label, offsets, the
     exact text, score) and, from a joint model, the intent."""
-    await require_inference_key(request)
-    body = await read_json(request, TagRequest)
-    settings: Settings = request.app.state.settings
-    model = reach(request, body.model, kind=KIND_NAME)
-    texts = check_texts(body.texts, settings)
-    results = await run_texts(model, texts, None, deadline_from(request, settings), request.receive,
-                              log_texts=settings.log_texts)
-    return json_response({"model": model.name, "version": model.version, "results": results})
+    return await answer_texts(request, TagRequest, KIND_NAME)
 
 
 def v2_options(params: dict[str, Any], settings: Settings) -> None:

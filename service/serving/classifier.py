@@ -8,35 +8,18 @@ from typing import Any
 
 import numpy as np
 
-from service.batching.batcher import DynamicBatcher
 from service.engine.classifier import ClassifierRuntime
 from service.engine.sessions import SessionOptions
-from service.metrics import Metrics
-from service.serving.served import WARMUP_TEXTS, Output, ServedModel
-from service.settings import Settings
+from service.serving.served import WARMUP_TEXTS, OneShotModel, Output
 
 
-class ServedClassifier(ServedModel):
+class ServedClassifier(OneShotModel):
     kind = "classifier"
 
     def __init__(self, name: str, version_dir: Path, config: dict[str, Any], opts: SessionOptions) -> None:
         super().__init__(name, version_dir, config, opts)
         self.runtime = ClassifierRuntime(version_dir, config, opts)
         self.labels = self.runtime.labels
-
-    @property
-    def provider(self) -> str:
-        return self.runtime.provider
-
-    def start(self, settings: Settings, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self.queue = DynamicBatcher(self.name, self.run, metrics, settings.max_batch_size,
-                                    settings.max_queue_delay_ms / 1000, settings.max_queue_size)
-
-    def prepare(self, texts: Sequence[str], options: Any) -> tuple[list[Any], list[int]]:
-        # Texts are queued as they are and tokenized on the compute thread, one call per batch, so the event
-        # loop only handles HTTP; their length in characters stands in for tokens when batches are grouped.
-        return list(texts), [len(t) for t in texts]
 
     def run(self, texts: list[str]) -> list[dict[str, Any]]:
         seqs = self.runtime.encode(texts)

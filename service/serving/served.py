@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.batching.batcher import DynamicBatcher
 from service.batching.queue import WorkQueue
 from service.engine.sessions import SessionOptions
 from service.metrics import Metrics
@@ -65,3 +66,26 @@ class ServedModel:
     def count_input_tokens(self, seqs: Sequence[Sequence[int]]) -> None:
         if self.metrics is not None:
             self.metrics.tokens.labels(self.name, "input").inc(sum(len(s) for s in seqs))
+
+
+class OneShotModel(ServedModel):
+    """A kind answered by one runtime call per batch (classifier, tagger): texts are queued on the dynamic batcher as
+    they are and tokenized on its compute thread, one call per batch, so the event loop only handles HTTP; their
+    length in characters stands in for tokens when batches are grouped. A subclass sets `runtime` and `run`."""
+
+    runtime: Any
+
+    @property
+    def provider(self) -> str:
+        return str(self.runtime.provider)
+
+    def start(self, settings: Settings, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.queue = DynamicBatcher(self.name, self.run, metrics, settings.max_batch_size,
+                                    settings.max_queue_delay_ms / 1000, settings.max_queue_size)
+
+    def prepare(self, texts: Sequence[str], options: Any) -> tuple[list[Any], list[int]]:
+        return list(texts), [len(t) for t in texts]
+
+    def run(self, texts: list[str]) -> list[dict[str, Any]]:
+        raise NotImplementedError

@@ -7,35 +7,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.batching.batcher import DynamicBatcher
 from service.engine.sessions import SessionOptions
 from service.engine.tagger import TaggerRuntime
 from service.engine.tags import split_words
-from service.metrics import Metrics
-from service.serving.served import WARMUP_TEXTS, Output, ServedModel
-from service.settings import Settings
+from service.serving.served import WARMUP_TEXTS, OneShotModel, Output
 
 
-class ServedTagger(ServedModel):
+class ServedTagger(OneShotModel):
     kind = "tagger"
 
     def __init__(self, name: str, version_dir: Path, config: dict[str, Any], opts: SessionOptions) -> None:
         super().__init__(name, version_dir, config, opts)
         self.runtime = TaggerRuntime(version_dir, config, opts)
         self.intents = self.runtime.intents
-
-    @property
-    def provider(self) -> str:
-        return self.runtime.provider
-
-    def start(self, settings: Settings, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self.queue = DynamicBatcher(self.name, self.run, metrics, settings.max_batch_size,
-                                    settings.max_queue_delay_ms / 1000, settings.max_queue_size)
-
-    def prepare(self, texts: Sequence[str], options: Any) -> tuple[list[Any], list[int]]:
-        # as for a classifier: the texts as they are, grouped by their length in characters
-        return list(texts), [len(t) for t in texts]
 
     def run(self, texts: list[str]) -> list[dict[str, Any]]:
         words = [split_words(t) for t in texts]
