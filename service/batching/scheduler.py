@@ -1,10 +1,10 @@
-"""Iteration-level (continuous) batching for translators, after Orca.
+"""Iteration-level (continuous) batching, after Orca, for every decoding kind (translators, language models).
 
-Each iteration: admit waiting requests FIFO while rows and source tokens fit (their encoder runs
-together), make one decoder-step call over every active hypothesis of every active request, then
-answer the requests that finished. Encoder outputs live in preallocated row buffers laid out as the
-decoder reads them, so admitting a request writes only its own rows and no step gathers. The policy
-(`plan_admission`, `plan_retirement`) is pure.
+Each iteration: admit waiting requests FIFO while rows and input tokens fit (their prompts or sources run
+together), make one step call over every active row of every active request, then answer the requests that
+finished. What a kind does at admission and at each step is its `IterationEngine` (`batching/seq2seq.py`,
+`batching/lm.py`); the queue, admission, deadlines, disconnects, streams, metrics and shutdown are here, once.
+The policy (`plan_admission`, `plan_retirement`) is pure.
 """
 
 from __future__ import annotations
@@ -16,14 +16,9 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import Any, Protocol
 
 from service.batching.queue import DeadlineExceeded, Gate, OnTokens, ShuttingDown
-from service.engine.decoding import Search, Seq2SeqRunner, step_candidates
-from service.engine.text import pad_batch
-from service.engine.translator import DecodeOptions, Translation, TranslatorRuntime
 from service.metrics import Metrics
 
 log = logging.getLogger("seqserve.scheduler")
@@ -33,8 +28,8 @@ log = logging.getLogger("seqserve.scheduler")
 class Candidate:
     """What admission needs to know about one waiting request."""
 
-    rows: int  # decoder rows it will need (its beam size)
-    src_tokens: int
+    rows: int  # step rows it will need (a translator's beam size)
+    src_tokens: int  # input tokens its admission runs (a source, a prompt)
     deadline: float | None = None
     gone: bool = False
 
@@ -75,191 +70,75 @@ def plan_retirement(done: Sequence[bool], gone: Sequence[bool]) -> list[int]:
 
 @dataclass(eq=False)  # identity: two requests for the same text are still two requests
 class SeqRequest:
-    src_ids: list[int]
-    options: DecodeOptions
+    item: Any  # what the served model prepared (a translator's TranslateItem, a language model's LMItem)
     enqueued: float
     deadline: float | None
-    future: asyncio.Future[Translation]
-    on_tokens: OnTokens | None = None  # certain target ids so far (streaming)
+    future: asyncio.Future[Any] | None  # None in a static batch, which has no per-request answer
+    on_tokens: OnTokens | None = None  # certain output ids so far (streaming)
     first_row: int = -1  # its rows in the engine: [first_row, first_row + rows)
     rows: int = 0
-    search: Search | None = None
+    search: Any = None  # the engine's per-request state (a search, a sampler)
     sent: int = 0  # certain tokens already reported
-    stepped: bool = False  # had its first decoder step
+    stepped: bool = False  # had its first step
 
     @property
     def gone(self) -> bool:
-        return self.future.done()
+        return self.future is not None and self.future.done()
 
 
-class RowBuffers:
-    """Encoder outputs laid out by decoder row, in preallocated arrays: (capacity rows, width, ...).
+class IterationEngine(Protocol):
+    """A decoding kind's state between iterations; touched only from the scheduler's thread."""
 
-    The active requests own consecutive row ranges in the order of `DecodeEngine.active`, so the first
-    `rows` rows are exactly the decoder's per-row memory and keys, handed over without a gather. Admitting
-    a request writes only its own rows; one leaving is replaced by the last request when their row counts
-    match (a copy of one request's rows), otherwise the rows after it move up. The arrays are rebuilt only
-    when a longer source needs more width, when the widest request has left (to stop attending to
-    padding), or when rows outgrow the capacity.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = max(1, capacity)
-        self.rows = 0
-        self.width = 0
-        self.arrays: dict[str, np.ndarray] = {}
-        self.lengths = np.zeros(self.capacity, dtype=np.int64)  # source length of each row's sentence
-
-    def _resize(self, capacity: int, width: int) -> None:
-        for name, old in self.arrays.items():
-            new = np.zeros((capacity, width, *old.shape[2:]), dtype=old.dtype)
-            keep = min(width, self.width)
-            new[: self.rows, :keep] = old[: self.rows, :keep]
-            self.arrays[name] = new
-        lengths = np.zeros(capacity, dtype=np.int64)
-        lengths[: self.rows] = self.lengths[: self.rows]
-        self.capacity, self.width, self.lengths = capacity, width, lengths
-
-    def append(self, outputs: dict[str, np.ndarray], length: int, rows: int) -> int:
-        """Add `rows` rows sharing one sentence's outputs (each (length, ...)); -> the first row's index."""
-        if self.rows + rows > self.capacity or length > self.width:
-            self._resize(max(self.capacity, 2 * (self.rows + rows)), max(self.width, length))
-        at = self.rows
-        for name, value in outputs.items():
-            if name not in self.arrays:
-                self.arrays[name] = np.zeros((self.capacity, self.width, *value.shape[1:]), dtype=value.dtype)
-            block = self.arrays[name][at: at + rows]
-            block[:, :length] = value
-            block[:, length:] = 0
-        self.lengths[at: at + rows] = length
-        self.rows += rows
-        return at
-
-    def move(self, source: int, target: int, count: int) -> None:
-        """Rows [source, source+count) to [target, target+count); overlapping ranges are fine."""
-        for array in self.arrays.values():
-            array[target: target + count] = array[source: source + count].copy()
-        self.lengths[target: target + count] = self.lengths[source: source + count].copy()
-
-    def truncate(self, rows: int) -> None:
-        self.rows = rows
-        needed = int(self.lengths[:rows].max(initial=0))
-        if 0 < needed <= self.width // 2:  # the widest sentences have gone: attend over less padding
-            self._resize(self.capacity, needed)
-
-    def view(self, name: str) -> np.ndarray | None:
-        array = self.arrays.get(name)
-        return None if array is None else array[: self.rows]  # contiguous: handed to onnxruntime as is
-
-    def mask(self) -> np.ndarray:
-        return np.arange(self.width)[None, :] < self.lengths[: self.rows, None]  # (rows, width)
-
-
-class DecodeEngine:
-    """The decoding state; touched only from the compute thread, one iteration at a time."""
-
-    def __init__(self, runtime: TranslatorRuntime, max_rows: int, metrics: Metrics, name: str) -> None:
-        self.runner: Seq2SeqRunner = runtime.runner
-        self.runtime, self.metrics, self.name = runtime, metrics, name
-        self.buffers = RowBuffers(max_rows)
-        self.active: list[SeqRequest] = []  # their rows, in this order, are the buffers' rows
-        self.states: dict[str, np.ndarray] = {}
+    active: list[SeqRequest]  # admitted and not yet dropped, in row order
 
     @property
     def rows(self) -> int:
-        return self.buffers.rows
+        """Step rows the active requests hold."""
+        ...
 
     @property
-    def src_tokens(self) -> int:
-        return sum(len(r.src_ids) for r in self.active)
+    def tokens(self) -> int:
+        """Input tokens the active requests hold (the admission budget)."""
+        ...
 
-    def drop(self, leaving: list[SeqRequest]) -> None:
-        """Remove requests (finished or gone) and their rows."""
-        if not leaving:
-            return
-        gone = {id(r) for r in leaving}
-        order = list(range(sum(r.rows for r in self.active)))  # order[i]: old row now at row i
-        for r in sorted((r for r in self.active if id(r) in gone), key=lambda r: -r.first_row):
-            at, n = r.first_row, r.rows
-            last = self.active[-1]
-            if last is not r and last.rows == n:  # the last request fills the hole: one request's rows copied
-                self.buffers.move(last.first_row, at, n)
-                order[at: at + n] = order[last.first_row: last.first_row + n]
-                del order[last.first_row:]
-                last.first_row = at
-                self.active[self.active.index(r)] = last
-                self.active.pop()
-            else:  # the rows after it move up
-                tail = self.buffers.rows - (at + n)
-                self.buffers.move(at + n, at, tail)
-                del order[at: at + n]
-                self.active.remove(r)
-                for other in self.active:
-                    if other.first_row > at:
-                        other.first_row -= n
-            self.buffers.rows -= n
-        self.buffers.truncate(self.buffers.rows)
-        index = np.array(order, dtype=np.int64)
-        self.states = {k: v[index] for k, v in self.states.items()}
+    def cost(self, item: Any) -> tuple[int, int]:
+        """(rows, input tokens) a waiting request will take once admitted."""
+        ...
 
     def admit(self, admitted: list[SeqRequest]) -> None:
-        """Encode the newly admitted requests together and append each one's rows."""
-        if not admitted:
-            return
-        ids, lengths = pad_batch([r.src_ids for r in admitted])
-        encoded = self.runner.encode(ids, lengths)
-        new_states: dict[str, list[np.ndarray]] = {k: [] for k in encoded.states}
-        for i, r in enumerate(admitted):
-            n = int(lengths[i])
-            r.search = r.options.factory()(n)
-            r.rows = max(r.search.rows, r.options.beam_size)  # reserved for the whole search
-            outputs = {"memory": encoded.memory[i, :n]}
-            if encoded.keys is not None:
-                outputs["keys"] = encoded.keys[i, :n]
-            r.first_row = self.buffers.append(outputs, n, r.rows)
-            for k, v in encoded.states.items():
-                new_states[k].append(np.repeat(v[i: i + 1], r.rows, axis=0))
-        for k, parts in new_states.items():
-            self.states[k] = np.concatenate([self.states[k], *parts]) if k in self.states else np.concatenate(parts)
-        self.active.extend(admitted)
+        """Run the admitted requests' inputs together and give each its rows."""
+        ...
 
     def step(self) -> list[SeqRequest]:
-        """One decoder call for every active row; returns the requests that finished.
+        """One step call for every active row; -> the requests that finished (they stay until `drop`)."""
+        ...
 
-        A request owns `rows` rows (its beam size) from admission on; while its search uses fewer (a beam
-        search starts from one hypothesis) the spare rows repeat its first token and their outputs are unused.
-        """
-        if not self.active:
-            return []
-        searches: list[Search] = [r.search for r in self.active if r.search is not None]
-        tokens = np.concatenate([_fill(s.tokens(), r.rows) for r, s in zip(self.active, searches, strict=True)])
-        assert len(tokens) == self.buffers.rows, "rows out of step with the buffers"
-        self.metrics.batch_size.labels(self.name).observe(len(tokens))  # rows in this decoder step
-        start = time.perf_counter()
-        step = self.runner.step(tokens, self.buffers.view("memory"), self.buffers.view("keys"), self.buffers.mask(),
-                                self.states, step_candidates(searches))
-        self.metrics.decode_step.labels(self.name).observe(time.perf_counter() - start)
-        follow, finished = [], []
-        for r, search in zip(self.active, searches, strict=True):
-            own = slice(r.first_row, r.first_row + search.rows)
-            weights = None if step.attention is None else step.attention[own, : len(r.src_ids)]
-            k = search.candidates
-            parents = search.advance(step.top_log_probs[own, :k], step.top_ids[own, :k], weights)
-            if search.done:
-                finished.append(r)  # its rows stay in place (unused) until drop()
-                parents = np.arange(r.rows)
-            elif len(parents) > r.rows:
-                raise RuntimeError(f"a search grew to {len(parents)} rows; {r.rows} were reserved")
-            follow.append(r.first_row + _fill(parents, r.rows))
-        self.metrics.generated_tokens.labels(self.name).inc(len(self.active))
-        index = np.concatenate(follow)
-        self.states = {k: v[index] for k, v in step.states.items()}
-        return finished
+    def drop(self, leaving: list[SeqRequest]) -> None: ...
+
+    def finish(self, r: SeqRequest) -> Any:
+        """A finished request's answer."""
+        ...
+
+    def certain(self, r: SeqRequest) -> list[int]:
+        """The output ids every possible answer of `r` starts with (what a stream may send)."""
+        ...
+
+    def fresh(self) -> IterationEngine:
+        """An empty engine like this one (after a failed step)."""
+        ...
 
 
-def _fill(values: np.ndarray, n: int) -> np.ndarray:
-    """`values` padded to n entries by repeating its first (spare rows shadow a real one)."""
-    return values if len(values) == n else np.concatenate([values, np.repeat(values[:1], n - len(values))])
+def run_static(engine: IterationEngine, items: Sequence[Any]) -> list[Any]:
+    """A static batch on an engine of its own: every item admitted at once, stepped until the last has finished (the
+    `static` and `none` scheduler modes of a kind that has no batch decoder of its own)."""
+    requests = [SeqRequest(item, 0.0, None, None) for item in items]
+    engine.admit(requests)
+    results: dict[int, Any] = {}
+    while engine.active:
+        finished = engine.step()
+        results.update((id(r), engine.finish(r)) for r in finished)
+        engine.drop(finished)
+    return [results[id(r)] for r in requests]
 
 
 class ContinuousScheduler:
@@ -269,11 +148,11 @@ class ContinuousScheduler:
     stream tokens to the loop with `call_soon_threadsafe`, so HTTP work on the loop and decoding overlap.
     """
 
-    def __init__(self, name: str, runtime: TranslatorRuntime, metrics: Metrics, max_rows: int,
-                 max_src_tokens: int, max_queue: int) -> None:
-        self.name, self.runtime, self.metrics = name, runtime, metrics
-        self.max_rows, self.max_src_tokens, self.max_queue = max_rows, max_src_tokens, max_queue
-        self.engine = DecodeEngine(runtime, max_rows=max_rows, metrics=metrics, name=name)
+    def __init__(self, name: str, engine: IterationEngine, metrics: Metrics, max_rows: int, max_tokens: int,
+                 max_queue: int) -> None:
+        self.name, self.metrics = name, metrics
+        self.max_rows, self.max_tokens, self.max_queue = max_rows, max_tokens, max_queue
+        self.engine = engine
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
@@ -293,14 +172,14 @@ class ContinuousScheduler:
 
     def submit(self, payloads: Sequence[Any], lengths: Sequence[int], deadline: float | None = None,
                on_tokens: OnTokens | None = None) -> list[asyncio.Future[Any]]:
-        """Queue every item (TranslateItem) or none; one future per item."""
+        """Queue every item (what the served model prepared) or none; one future per item."""
         now = time.monotonic()
         with self._lock:
             self.gate.check(len(self._waiting), len(payloads))
             futures: list[asyncio.Future[Any]] = []
             for item in payloads:
-                future: asyncio.Future[Translation] = self._loop.create_future()
-                self._waiting.append(SeqRequest(item.src_ids, item.options, now, deadline, future, on_tokens))
+                future: asyncio.Future[Any] = self._loop.create_future()
+                self._waiting.append(SeqRequest(item, now, deadline, future, on_tokens))
                 futures.append(future)
             self.metrics.queue_depth.labels(self.name).set(len(self._waiting))
             self._work.notify()
@@ -330,7 +209,7 @@ class ContinuousScheduler:
                     log.exception("decode iteration failed on model %s", self.name)
                     for r in {id(r): r for r in self.engine.active + admitted}.values():
                         self._answer(r.future, error=exc)
-                    self.engine = DecodeEngine(self.runtime, self.max_rows, self.metrics, self.name)
+                    self.engine = self.engine.fresh()
                     continue
                 self._report(finished)
         finally:
@@ -341,8 +220,8 @@ class ContinuousScheduler:
         """Under the lock: apply the FIFO policy to the waiting queue."""
         engine = self.engine
         plan = plan_admission(
-            [Candidate(r.options.beam_size, len(r.src_ids), r.deadline, r.gone) for r in self._waiting],
-            self.max_rows - engine.rows, self.max_src_tokens - engine.src_tokens, self.max_rows - len(engine.active),
+            [Candidate(*engine.cost(r.item), r.deadline, r.gone) for r in self._waiting],
+            self.max_rows - engine.rows, self.max_tokens - engine.tokens, self.max_rows - len(engine.active),
             time.monotonic(), idle=not engine.active)
         for i in plan.expired:
             expired = DeadlineExceeded("deadline passed before compute; work skipped")
@@ -361,8 +240,8 @@ class ContinuousScheduler:
             self.metrics.queue_wait.labels(self.name).observe(now - r.enqueued)
         return admitted
 
-    def _iterate(self, admitted: list[SeqRequest]) -> list[tuple[SeqRequest, Translation]]:
-        """Drop requests whose client has gone, encode the admitted, one decoder step; -> the finished."""
+    def _iterate(self, admitted: list[SeqRequest]) -> list[tuple[SeqRequest, Any]]:
+        """Drop requests whose client has gone, run the admitted inputs, one step; -> the finished."""
         gone = [r for r in self.engine.active if r.gone]
         if gone:
             self.engine.drop(gone)
@@ -370,32 +249,26 @@ class ContinuousScheduler:
         self.engine.admit(admitted)
         finished = self.engine.step()
         self.engine.drop(finished)
-        return [(r, self._finish(r)) for r in finished]
+        return [(r, self.engine.finish(r)) for r in finished]
 
-    def _finish(self, r: SeqRequest) -> Translation:
-        assert r.search is not None
-        hyp = r.search.result()
-        self.metrics.tokens_per_request.labels(self.name).observe(len(hyp.tokens))
-        return self.runtime.finish(r.src_ids, hyp)
-
-    def _report(self, finished: list[tuple[SeqRequest, Translation]]) -> None:
+    def _report(self, finished: list[tuple[SeqRequest, Any]]) -> None:
         """Time to first token, new certain tokens to streams, answers to the finished."""
         now = time.monotonic()
         for r in self.engine.active:
             if r.search is None or r.gone:
                 continue
-            if r.on_tokens is None:  # a plain request: its first decoder step made its first token
+            if r.on_tokens is None:  # a plain request: its first step made its first token
                 if not r.stepped:
                     r.stepped = True
                     self.metrics.time_to_first_token.labels(self.name).observe(now - r.enqueued)
                 continue
-            self._stream(r, r.search.certain(), now)
-        for r, translation in finished:
+            self._stream(r, self.engine.certain(r), now)
+        for r, result in finished:
             if r.on_tokens is not None:
-                self._stream(r, translation.target_ids, now)
+                self._stream(r, self.engine.certain(r), now)
             elif not r.stepped:
                 self.metrics.time_to_first_token.labels(self.name).observe(now - r.enqueued)
-            self._answer(r.future, translation)
+            self._answer(r.future, result)
         self.metrics.active_sequences.labels(self.name).set(len(self.engine.active))
         self.metrics.active_rows.labels(self.name).set(self.engine.rows)
 
@@ -406,11 +279,12 @@ class ContinuousScheduler:
             r.sent = len(certain)
             self._loop.call_soon_threadsafe(r.on_tokens, list(certain))
 
-    def _answer(self, future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    def _answer(self, future: asyncio.Future[Any] | None, result: Any = None,
+                error: BaseException | None = None) -> None:
         """Resolve a future from the decode thread (unless its client has gone meanwhile)."""
 
         def resolve() -> None:
-            if future.done():
+            if future is None or future.done():
                 return
             if error is not None:
                 future.set_exception(error)
@@ -435,7 +309,7 @@ class ContinuousScheduler:
                 self._work.notify()
             await asyncio.to_thread(self._thread.join, 10)  # the step in progress ends first
             for r in self._waiting + self.engine.active:
-                if not r.future.done():
+                if r.future is not None and not r.future.done():
                     r.future.set_exception(ShuttingDown("shutdown drain bound reached"))
         with contextlib.suppress(Exception):
             self.metrics.active_sequences.labels(self.name).set(0)

@@ -10,6 +10,7 @@ from typing import Any
 from service.batching.batcher import DynamicBatcher
 from service.batching.queue import WorkQueue
 from service.batching.scheduler import ContinuousScheduler
+from service.batching.seq2seq import DecodeEngine
 from service.engine.sessions import SessionOptions
 from service.engine.translator import DecodeOptions, Translation, TranslatorRuntime
 from service.metrics import Metrics
@@ -40,7 +41,8 @@ class ServedTranslator(ServedModel):
 
     def _queue(self, settings: Settings, metrics: Metrics) -> WorkQueue:
         if settings.scheduler == "continuous":
-            return ContinuousScheduler(self.name, self.runtime, metrics, settings.max_active_rows,
+            engine = DecodeEngine(self.runtime, settings.max_active_rows, metrics, self.name)
+            return ContinuousScheduler(self.name, engine, metrics, settings.max_active_rows,
                                        settings.max_active_source_tokens, settings.max_queue_size)
         batch = 1 if settings.scheduler == "none" else settings.max_batch_size
         return DynamicBatcher(self.name, self.run, metrics, batch, settings.max_queue_delay_ms / 1000,

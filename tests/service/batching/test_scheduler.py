@@ -12,14 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.batching.scheduler import (
-    Candidate,
-    ContinuousScheduler,
-    DecodeEngine,
-    SeqRequest,
-    plan_admission,
-    plan_retirement,
-)
+from service.batching.scheduler import Candidate, ContinuousScheduler, SeqRequest, plan_admission, plan_retirement
+from service.batching.seq2seq import DecodeEngine
 from service.engine.repository import read_config
 from service.engine.translator import DecodeOptions, TranslatorRuntime
 from service.metrics import Metrics
@@ -68,8 +62,9 @@ def test_scheduler_returns_the_offline_translation_under_random_interleavings(ru
     offline = [runtime.translate([t], o)[0] for t, o in zip(texts, options, strict=True)]
 
     async def online():
-        scheduler = ContinuousScheduler("numbers", runtime, Metrics(), max_rows=rng.choice([6, 16, 64]),
-                                        max_src_tokens=rng.choice([30, 200]), max_queue=100)
+        rows, metrics = rng.choice([6, 16, 64]), Metrics()
+        scheduler = ContinuousScheduler("numbers", DecodeEngine(runtime, rows, metrics, "numbers"), metrics,
+                                        max_rows=rows, max_tokens=rng.choice([30, 200]), max_queue=100)
 
         async def one(text, opts):
             await asyncio.sleep(rng.random() * 0.05)  # join at a random iteration
@@ -94,7 +89,8 @@ def test_row_buffers_keep_each_request_its_own_rows_as_requests_come_and_go(runt
     texts = [src for src, _ in synthetic_pairs(30, seed=200 + seed)]
     engine = DecodeEngine(runtime, max_rows=8, metrics=Metrics(), name="numbers")
     loop = asyncio.new_event_loop()
-    waiting = [SeqRequest(runtime.encode([t])[0], DecodeOptions(beam_size=rng.choice([1, 2, 3]), max_tokens=40),
+    waiting = [SeqRequest(TranslateItem(runtime.encode([t])[0], DecodeOptions(beam_size=rng.choice([1, 2, 3]),
+                                                                               max_tokens=40)),
                           0.0, None, loop.create_future()) for t in texts]
     alone = {}
     while waiting or engine.active:
@@ -107,13 +103,13 @@ def test_row_buffers_keep_each_request_its_own_rows_as_requests_come_and_go(runt
         assert sum(r.rows for r in engine.active) == rows and all(len(v) == rows for v in engine.states.values())
         memory = engine.buffers.view("memory")
         for r in engine.active:
-            n = len(r.src_ids)
+            n = len(r.item.src_ids)
             if id(r) not in alone:
-                alone[id(r)] = runtime.runner.encode(np.array([r.src_ids]), np.array([n])).memory[0]
+                alone[id(r)] = runtime.runner.encode(np.array([r.item.src_ids]), np.array([n])).memory[0]
             own = memory[r.first_row: r.first_row + r.rows]
             np.testing.assert_allclose(own[:, :n], np.repeat(alone[id(r)][None], r.rows, 0), atol=1e-5)
             assert not own[:, n:].any() and (engine.buffers.lengths[r.first_row: r.first_row + r.rows] == n).all()
-        assert engine.buffers.width >= max((len(r.src_ids) for r in engine.active), default=0)
+        assert engine.buffers.width >= max((len(r.item.src_ids) for r in engine.active), default=0)
     loop.close()
 
 
