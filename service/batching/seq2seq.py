@@ -107,8 +107,8 @@ class DecodeEngine:
         return self.runtime.finish(r.item.src_ids, hyp)
 
     def certain(self, r: SeqRequest) -> list[int]:
-        assert r.search is not None
-        return r.search.certain()
+        search: Search = r.search
+        return search.result().tokens if search.done else search.certain()
 
     def fresh(self) -> DecodeEngine:
         return DecodeEngine(self.runtime, self.max_rows, self.metrics, self.name)
