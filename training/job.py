@@ -9,6 +9,7 @@ from pathlib import Path
 from training.evaluate import evaluate_version
 from training.export import export_run
 from training.kind import Job
+from training.kinds import TOOLS
 from training.loop import check_same_model, fit, init_distributed, prepare_work_dir, seed_everything
 from training.repo_writer import VersionWriter, data_provenance, save_run_spec
 
@@ -40,6 +41,7 @@ def run_job(job: Job) -> Path | None:
     version_dir = export_run(work_dir, job.out, job.version, built.export_texts,
                              training={**vars(job.train), **built.record, "best_epoch": history.best_epoch + 1,
                                        "history": history.epochs})
-    evaluate_version(version_dir, splits.test, split="test")
+    for split in TOOLS[job.kind].evaluate_splits:
+        evaluate_version(version_dir, getattr(splits, split), split=split)
     VersionWriter(version_dir).write_card()
     return version_dir

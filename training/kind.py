@@ -71,6 +71,7 @@ class KindTools:
     # test run of a translator is left to `seqserve evaluate`)
     evaluate_after_quantize: bool = False
     eval_options: tuple[str, ...] = ()  # the options of `seqserve evaluate` that `evaluate` takes
+    evaluate_splits: tuple[str, ...] = ("test",)  # what training evaluates the exported version on
 
 
 def recorded_data(config: dict[str, Any], args: Any) -> tuple[str, dict[str, Any]]:

@@ -4,11 +4,12 @@ Adding a kind: a module beside this one with its job (`training.kind.Job`) and i
 
 from __future__ import annotations
 
-from training import classify, tag, translate
+from training import classify, lm, tag, translate
 from training.kind import KindTools
 
 TOOLS: dict[str, KindTools] = {
     "classifier": classify.TOOLS,
     "translator": translate.TOOLS,
     "tagger": tag.TOOLS,
+    "lm": lm.TOOLS,
 }

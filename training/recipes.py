@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from training.data import DataError, Example, Pair, check_labelled, default_data_dir, read_parallel_files
+from training.data import DataError, Example, Pair, check_labelled, default_data_dir, read_parallel_files, read_text
 
 MULTI30K_LANGS = ("en", "de", "fr")
 MULTI30K_SPLITS = {"train": "train", "val": "val", "valid": "val", "test2016": "test_2016_flickr"}
@@ -61,6 +61,17 @@ def multi30k(src_lang: str, tgt_lang: str, split: str, data_dir: str | Path | No
     return read_parallel_files(*paths)
 
 
+def multi30k_side(lang: str, split: str, data_dir: str | Path | None = None) -> list[str]:
+    """One language's Multi30k task 1 sentences (a language model's recipe), for a split train, val or test2016."""
+    if lang not in MULTI30K_LANGS:
+        raise DataError(f"multi30k has no language {lang!r}; choose from {', '.join(MULTI30K_LANGS)}")
+    if split not in MULTI30K_SPLITS:
+        raise DataError(f"multi30k has no split {split!r}; choose from train, val, test2016")
+    folder = Path(data_dir) if data_dir else default_multi30k_dir()
+    path = _multi30k_file(folder, _multi30k_name(split, lang))
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+
+
 def _multi30k_name(split: str, lang: str) -> str:
     return f"{MULTI30K_SPLITS[split]}.{lang}.gz"
 
@@ -93,10 +104,9 @@ def recipe_files(source: str, settings: dict[str, Any]) -> list[Path] | None:
         if (folder / "train" / "seq.in").is_file():
             return [folder / split / field for split in ATIS_SPLITS for field in SEQ_FIELDS]
         return [folder / f"{split}.{field}" for split in ATIS_SPLITS for field in SEQ_FIELDS]
-    if source == "multi30k":  # the splits a translator trains, validates and tests on (training/translate.py)
-        src_lang, _, tgt_lang = str(settings.get("pair") or "en-de").partition("-")
+    if source == "multi30k":  # a translator's pair (training/translate.py), or a language model's one side
+        langs = [str(settings["lang"])] if settings.get("lang") else str(settings.get("pair") or "en-de").split("-")
         folder = Path(settings["data_dir"]) if settings.get("data_dir") else default_multi30k_dir()
-        return [folder / _multi30k_name(split, lang) for split in ("train", "val", "test2016")
-                for lang in (src_lang, tgt_lang)]
+        return [folder / _multi30k_name(split, lang) for split in ("train", "val", "test2016") for lang in langs]
     return None
 

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from cli.kinds import classifier, tagger, translator
+from cli.kinds import classifier, lm, tagger, translator
 
 
 class TrainCommand(NamedTuple):
@@ -22,4 +22,5 @@ TRAIN: dict[str, TrainCommand] = {
     "translator": TrainCommand("Seq2Seq translator with attention", translator.add_options, translator.job),
     "tagger": TrainCommand("sequence tagger (slot filling, NER) with an optional intent head", tagger.add_options,
                            tagger.job),
+    "lm": TrainCommand("recurrent language model (next words, scoring, generation)", lm.add_options, lm.job),
 }

@@ -4,12 +4,13 @@ Adding a kind: an API module beside this one (routes, bodies, `v2_options`, a `K
 
 from __future__ import annotations
 
-from service.api import classify, tag, translate
+from service.api import classify, lm, tag, translate
 from service.api.kind import ApiKind
 
 API_KINDS: dict[str, ApiKind] = {
     "classifier": classify.KIND,
     "translator": translate.KIND,
     "tagger": tag.KIND,
+    "lm": lm.KIND,
 }
 V1_PATHS: dict[str, str] = {path: kind.kind for kind in API_KINDS.values() for path in kind.v1_paths}

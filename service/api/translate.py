@@ -4,7 +4,6 @@ the decoding options of v2 `parameters`."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +16,7 @@ from service.api.body import body_doc, deadline_from, read_json
 from service.api.deps import reach, require_inference_key
 from service.api.errors import RESPONSES
 from service.api.kind import ApiKind
+from service.api.stream import TokenStream, sse, stream_events
 from service.engine.translator import DecodeOptions, Translation
 from service.metrics import Metrics
 from service.serving.inference import InvalidInput, check_texts, run_texts
@@ -104,10 +104,6 @@ async def translate(request: Request) -> dict[str, Any]:
             "results": [translation_result(t, body.return_attention) for t in results]}
 
 
-def sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
 @router.post("/translate/stream", summary="Translate one text, streaming tokens as Server-Sent Events",
              response_class=StreamingResponse,
              openapi_extra=body_doc(TranslateStreamRequest),
@@ -133,50 +129,17 @@ async def translate_stream(request: Request) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-class TokenStream:
-    """Turns growing lists of certain target ids into one `token` event per new token."""
+def _events(model: Any, future: asyncio.Future[Translation], updates: asyncio.Queue[list[int]],
+            metrics: Metrics) -> AsyncIterator[bytes]:
+    stream = TokenStream(model.runtime.target.decode)
 
-    def __init__(self, target: Any) -> None:
-        self.target, self.sent, self.shown = target, 0, ""
-
-    def events(self, tokens: list[int]) -> list[bytes]:
-        out = []
-        for index in range(self.sent, len(tokens)):
-            text = self.target.decode(tokens[: index + 1])
-            complete = text.startswith(self.shown) and not text.endswith("\ufffd")  # hold back split UTF-8
-            delta = text[len(self.shown):] if complete else ""
-            self.shown += delta
-            out.append(sse("token", {"index": index, "token_id": tokens[index], "text": delta}))
-        self.sent = max(self.sent, len(tokens))
-        return out
-
-
-async def _events(model: Any, future: asyncio.Future[Translation], updates: asyncio.Queue[list[int]],
-                  metrics: Metrics) -> AsyncIterator[bytes]:
-    stream = TokenStream(model.runtime.target)
-    try:
-        while not future.done() or not updates.empty():
-            getter: asyncio.Future[list[int]] = asyncio.ensure_future(updates.get())
-            waiting: list[asyncio.Future[Any]] = [getter, future]
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                continue
-            for event in stream.events(getter.result()):
-                yield event
-        try:
-            result = future.result()
-        except Exception as exc:  # deadline, shutdown or a failed step: say so in the stream
-            yield sse("error", {"error": str(exc) or type(exc).__name__})
-            return
-        for event in stream.events(result.target_ids):
-            yield event
+    def done(result: Translation) -> list[bytes]:
         metrics.tokens.labels(model.name, "output").inc(len(result.target_ids))
-        yield sse("done", {"model": model.name, "version": model.version, "translation": result.text,
-                           "score": result.score, "target_tokens": result.target_tokens})
-    finally:
-        if not future.done():
-            future.cancel()  # the client left: the scheduler frees its rows at the next iteration
+        return [*stream.events(result.target_ids),
+                sse("done", {"model": model.name, "version": model.version, "translation": result.text,
+                             "score": result.score, "target_tokens": result.target_tokens})]
+
+    return stream_events(future, updates, stream.events, done)
 
 
 def v2_options(params: dict[str, Any], settings: Settings) -> DecodeOptions:

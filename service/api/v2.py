@@ -97,14 +97,19 @@ async def infer(request: Request) -> Response:
     texts = check_texts(_texts(body), settings)
     params = body.parameters or {}
     known = {o.name: o for o in model.v2_outputs()}
-    wanted = [o.name for o in body.outputs] if body.outputs else list(known)
-    unknown = [n for n in wanted if n not in known]
+    wanted = [o.name for o in body.outputs] if body.outputs else None
+    unknown = [n for n in wanted or () if n not in known]
     if unknown:
         raise InvalidInput(f"unknown output(s) {unknown}; model {model.name!r} has {sorted(known)}")
-    if len(set(wanted)) != len(wanted):
+    if wanted is not None and len(set(wanted)) != len(wanted):
         raise InvalidInput("outputs: each output may be asked for once; an output was listed more than once")
     deadline = deadline_from(request, settings, _timeout_s(params))
     options = API_KINDS[model.kind].v2_options(params, settings)
+    produced = model.v2_output_names(options)
+    other = [n for n in wanted or () if n not in produced]
+    if other:  # e.g. a language model's scores asked for with parameters.task = complete
+        raise InvalidInput(f"output(s) {other} do not come with these parameters; they give {produced}")
+    wanted = wanted or produced
     results = await run_texts(model, texts, options, deadline, request.receive, log_texts=settings.log_texts)
     tensors = model.v2_tensors(results)
     outputs = [{"name": n, "datatype": known[n].datatype, "shape": tensors[n][1], "data": tensors[n][0]}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from service.engine.classifier import ClassifierRuntime
+from service.engine.lm import LMRuntime
 from service.engine.sessions import SessionOptions
 from service.engine.tagger import TaggerRuntime
 from service.engine.translator import TranslatorRuntime
@@ -33,6 +34,7 @@ RUNTIMES: dict[str, type[Runtime]] = {
     "classifier": ClassifierRuntime,
     "translator": TranslatorRuntime,
     "tagger": TaggerRuntime,
+    "lm": LMRuntime,
 }
 KINDS = tuple(RUNTIMES)
 log = logging.getLogger("seqserve.engine")

@@ -9,6 +9,7 @@ from typing import Any
 
 from service.engine.sessions import SessionOptions
 from service.serving.classifier import ServedClassifier
+from service.serving.lm import ServedLM
 from service.serving.served import ServedModel
 from service.serving.tagger import ServedTagger
 from service.serving.translator import ServedTranslator
@@ -18,6 +19,7 @@ SERVED: dict[str, type[ServedModel]] = {
     "classifier": ServedClassifier,
     "translator": ServedTranslator,
     "tagger": ServedTagger,
+    "lm": ServedLM,
 }
 
 

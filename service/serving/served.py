@@ -59,6 +59,10 @@ class ServedModel:
     def v2_outputs(self) -> list[Output]:
         raise NotImplementedError
 
+    def v2_output_names(self, options: Any) -> list[str]:
+        """The outputs an infer request with these options gets when it names none (and the most it may name)."""
+        return [o.name for o in self.v2_outputs()]
+
     def v2_tensors(self, results: Sequence[Any]) -> dict[str, tuple[list[Any], list[int]]]:
         """Output name -> (flat data, shape) for a v2 infer response."""
         raise NotImplementedError
