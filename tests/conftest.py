@@ -67,6 +67,17 @@ def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> Path:
 
 pytest_plugins = ["tests.fixtures"]
 
+ANIMALS = ("cat", "dog", "elephant", "giraffe", "kangaroo", "hippopotamus")
+PLACES = ("fence", "river", "mountain", "meadow", "waterfall")
+VERBS = ("jumps over", "runs along", "sleeps near", "watches")
+
+
+def synthetic_sentences(n: int, seed: int) -> list[str]:
+    """A toy language with long words (several pieces each under a small vocabulary) that a tiny model learns."""
+    rng = random.Random(seed)
+    return [f"{rng.choice(('the', 'a'))} {rng.choice(ANIMALS)} {rng.choice(VERBS)} the {rng.choice(PLACES)}"
+            + rng.choice(("", ".", " today.")) for _ in range(n)]
+
 
 CITIES = ["boston", "denver", "dallas", "atlanta", "new york", "san francisco", "salt lake city", "miami"]
 DAYS = ["monday", "tuesday", "friday", "sunday"]

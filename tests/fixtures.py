@@ -17,14 +17,24 @@ import uvicorn
 
 from bench.server import free_port, stop_process, wait_ready
 from models.classifier import ClassifierConfig
+from models.lm import LMConfig
 from models.seq2seq import Seq2SeqConfig
 from models.tagger import TaggerConfig
 from service.app import create_app
 from service.server import uvicorn_config
 from service.settings import Settings
-from tests.conftest import synthetic_pairs, synthetic_reviews, synthetic_tagged, write_csv, write_seq_folder, write_tsv
+from tests.conftest import (
+    synthetic_pairs,
+    synthetic_reviews,
+    synthetic_sentences,
+    synthetic_tagged,
+    write_csv,
+    write_seq_folder,
+    write_tsv,
+)
 from training.classify import ClassifierJob, LabelledData
 from training.job import run_job
+from training.lm import LMJob, TextData
 from training.loop import TrainConfig
 from training.tag import TaggedData, TaggerJob
 from training.translate import ParallelData, TranslatorJob
@@ -80,14 +90,35 @@ def tagger_version(tmp_path_factory: pytest.TempPathFactory, tagger_data: Path) 
     return path
 
 
+@pytest.fixture(scope="session")
+def lm_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("lm") / "animals.txt"
+    path.write_text("\n".join(synthetic_sentences(1500, seed=21)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lm_version(tmp_path_factory: pytest.TempPathFactory, lm_data: Path) -> Path:
+    """A tiny language model (LSTM, two layers) trained in seconds, as a model version folder."""
+    root = tmp_path_factory.mktemp("lm")
+    job = LMJob(data=TextData(str(lm_data)), out=root / "repo" / "animals", work_dir=root / "run",
+                model=LMConfig(vocab_size=300, emb_dim=24, hidden=48, layers=2, dropout=0.1), max_length=32,
+                train=TrainConfig(epochs=6, batch_size=32, lr=0.01, seed=4))
+    path = run_job(job)
+    assert path is not None
+    return path
+
+
 @pytest.fixture
-def repo(tmp_path: Path, classifier_version: Path, translator_version: Path, tagger_version: Path) -> Path:
-    """A fresh model repository per test: reviews/1 (a classifier), numbers/1 (a translator) and flights/1 (a
-    tagger)."""
+def repo(tmp_path: Path, classifier_version: Path, translator_version: Path, tagger_version: Path,
+         lm_version: Path) -> Path:
+    """A fresh model repository per test: reviews/1 (a classifier), numbers/1 (a translator), flights/1 (a
+    tagger) and animals/1 (a language model)."""
     root = tmp_path / "model_repository"
     shutil.copytree(classifier_version, root / "reviews" / "1")
     shutil.copytree(translator_version, root / "numbers" / "1")
     shutil.copytree(tagger_version, root / "flights" / "1")
+    shutil.copytree(lm_version, root / "animals" / "1")
     return root
 
 

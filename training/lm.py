@@ -26,7 +26,7 @@ from training.batching import bucket_batches, to_tensors
 from training.calibration import CALIBRATION_BATCH, Feeds, Recorder, in_batches
 from training.data import DataError, random_split, read_records, read_text
 from training.kind import Built, KindTools, Splits, choose_split, recorded_data
-from training.lm_export import export_lm
+from training.lm_export import WEIGHTS_DTYPES, export_lm
 from training.loop import MIN_VOCAB_SIZE, Batch, TrainConfig, check_at_least, check_fraction, check_split
 from training.recipes import MULTI30K_LANGS, multi30k_side
 from training.repo_writer import VersionWriter
@@ -92,6 +92,7 @@ class LMJob:
     train: TrainConfig = field(default_factory=TrainConfig)
     max_length: int = 256
     lowercase: bool = False
+    weights_dtype: str = "float32"  # float16 halves the version's weights file (computed in float32 all the same)
     version: int | None = None
     work_dir: Path | None = None
     resume: bool = False
@@ -101,6 +102,8 @@ class LMJob:
         check_at_least(MIN_VOCAB_SIZE, vocab_size=self.model.vocab_size)
         check_at_least(2, max_length=self.max_length)
         check_fraction(dropout=self.model.dropout)
+        if self.weights_dtype not in WEIGHTS_DTYPES:
+            raise UserError(f"--weights-dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {self.weights_dtype!r}")
 
     def load(self) -> Splits:
         return Splits(*self.data.load())
@@ -119,7 +122,8 @@ class LMJob:
         summary = (f"training {cfg.cell} language model on {len(splits.train)} texts ({len(splits.valid)} valid, "
                    f"{len(splits.test)} test), vocab {encoder.vocab_size}, "
                    f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-        return Built(model, cfg.to_dict(), task, summary, spec={"max_length": self.max_length},
+        return Built(model, cfg.to_dict(), task, summary,
+                     spec={"max_length": self.max_length, "weights_dtype": self.weights_dtype},
                      export_texts=splits.valid[:16])
 
 
@@ -174,7 +178,7 @@ def export_run_files(spec: dict[str, Any], work_dir: Path, writer: VersionWriter
     model = RNNLanguageModel(LMConfig.from_dict(spec["model"]))
     load_model(model, str(work_dir / "best.safetensors"))
     writer.copy(work_dir / TOKENIZER, TOKENIZER)
-    interface = export_lm(model.eval(), writer.path)
+    interface = export_lm(model.eval(), writer.path, str(spec.get("weights_dtype", "float32")))
     return {**interface, "tokenizers": {"text": TOKENIZER}}
 
 

@@ -33,6 +33,7 @@ PARITY_TOL = 1e-4
 PAD_INVARIANCE_TOL = 1e-5
 WEIGHTS = "weights.bin"
 MIN_SHARED_BYTES = 1024  # smaller initializers (shapes, scalars) stay inside each graph
+WEIGHTS_DTYPES = ("float32", "float16")
 
 
 class ExportParityError(RuntimeError):
@@ -89,21 +90,30 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
                           dynamo=False, dynamic_axes={n: axes.get(n, {0: "B"}) for n in inputs + outputs})
 
 
-def share_initializers(paths: Sequence[Path], weights: str = WEIGHTS) -> None:
+def share_initializers(paths: Sequence[Path], weights: str = WEIGHTS, half: bool = False) -> None:
     """Move every sizeable initializer of the graphs into one external-data file beside them, each distinct tensor
-    once (the two graphs of an LM hold the same weights)."""
+    once (the two graphs of an LM hold the same weights). `half` stores float tensors as float16, each read through
+    a Cast to float32 (onnxruntime folds it when the session loads, so the graphs compute in float32 as before)."""
     import onnx
+    from onnx import helper, numpy_helper
     from onnx.external_data_helper import set_external_data
 
     folder = paths[0].parent
     offsets: dict[str, tuple[int, int]] = {}
+    models = [onnx.load(str(p)) for p in paths]
     with open(folder / weights, "wb") as out:
-        models = [onnx.load(str(p)) for p in paths]
         for model in models:
+            casts = []
             for tensor in model.graph.initializer:
-                data = tensor.raw_data
-                if len(data) < MIN_SHARED_BYTES:
+                if len(tensor.raw_data) < MIN_SHARED_BYTES:
                     continue
+                if half and tensor.data_type == onnx.TensorProto.FLOAT:
+                    name = tensor.name
+                    tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16),
+                                                            f"{name}.float16"))
+                    casts.append(helper.make_node("Cast", [tensor.name], [name], to=onnx.TensorProto.FLOAT,
+                                                  name=f"{name}.to_float"))
+                data = tensor.raw_data
                 key = hashlib.sha256(data).hexdigest() + str(tensor.data_type) + str(list(tensor.dims))
                 if key not in offsets:
                     out.write(b"\0" * (-out.tell() % 64))  # aligned, as onnx's own writer does
@@ -113,8 +123,18 @@ def share_initializers(paths: Sequence[Path], weights: str = WEIGHTS) -> None:
                 set_external_data(tensor, weights, offset, length)
                 tensor.ClearField("raw_data")
                 tensor.data_location = onnx.TensorProto.EXTERNAL
+            nodes = [*casts, *model.graph.node]
+            model.graph.ClearField("node")
+            model.graph.node.extend(nodes)
     for model, path in zip(models, paths, strict=True):
         onnx.save(model, str(path))
+
+
+def round_to_half(model: RNNLanguageModel) -> None:
+    """Every weight to the nearest float16 value, kept in float32: what float16 storage reads back."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
 
 
 def example_batch(cfg: LMConfig, lengths: list[int], seed: int) -> tuple[Tensor, Tensor]:
@@ -177,13 +197,21 @@ def check_graphs(model: RNNLanguageModel, out_dir: Path, seed: int = 1) -> None:
                                 f"(> {PAD_INVARIANCE_TOL})")
 
 
-def export_lm(model: RNNLanguageModel, out_dir: str | Path) -> dict[str, Any]:
-    """Write prompt.onnx, step.onnx and weights.bin to out_dir, check them, return the interface description."""
+def export_lm(model: RNNLanguageModel, out_dir: str | Path, weights_dtype: str = "float32") -> dict[str, Any]:
+    """Write prompt.onnx, step.onnx and weights.bin to out_dir, check them, return the interface description.
+
+    `weights_dtype` float16 halves weights.bin: the weights are rounded to float16 (the parity checks compare the
+    graphs with the rounded model) and computed in float32."""
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
     spec = interface(cfg)
     model = copy.deepcopy(model).cpu().eval()  # the caller's model keeps its device and mode
+    half = weights_dtype == "float16"
+    if half:
+        round_to_half(model)
     ids, lengths = example_batch(cfg, [3, 7, 5], seed=0)
     prompt_axes = {"ids": {0: "B", 1: "T"}, "token_log_probs": {0: "B", 1: "T"}}
     _export(_PromptGraph(model), (ids, lengths), out_dir / "prompt.onnx", spec["prompt"]["inputs"],
@@ -196,6 +224,6 @@ def export_lm(model: RNNLanguageModel, out_dir: str | Path) -> dict[str, Any]:
             [n for n in step["inputs"] if n != TOP_K_INPUT], [n for n in step["outputs"] if n not in TOP_K_OUTPUTS],
             {})
     add_top_k(out_dir / "step.onnx")
-    share_initializers([out_dir / "prompt.onnx", out_dir / "step.onnx"])
+    share_initializers([out_dir / "prompt.onnx", out_dir / "step.onnx"], half=half)
     check_graphs(model, out_dir)
     return spec

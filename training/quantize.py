@@ -43,6 +43,9 @@ def quantize_version(model_dir: Path, version: int | None = None, out: Path | No
     config = read_config(source)
     if config.get("quantization"):
         raise UserError(f"{source} is already quantized ({config['quantization']['method']})")
+    if config.get("weights_dtype", "float32") != "float32":
+        raise UserError(f"{source} stores its weights as {config['weights_dtype']}; quantize a version exported with "
+                        "float32 weights")
     calibration_size = CALIBRATION_SIZE if calibration_size is None else calibration_size
     if calibration_size < 1:
         raise UserError(f"--calibration-size must be at least 1, got {calibration_size}")

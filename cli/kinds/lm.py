@@ -18,6 +18,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--valid-fraction", type=float, default=0.05, help="split off a file's texts for validation")
     p.add_argument("--test-fraction", type=float, default=0.05)
     p.add_argument("--lowercase", action="store_true", help="lower-case in the tokenizer")
+    p.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32",
+                   help="how the exported weights are stored: float16 halves the file (computed in float32; "
+                   "`seqserve quantize` wants float32)")
     train_options(p)
     # Sentences are short and language models overfit small corpora: a small vocabulary, the embedding tied to the
     # output layer, dropout, and early stopping on validation perplexity (docs/lm.md).
@@ -33,4 +36,5 @@ def job(a: argparse.Namespace) -> Any:
     model = model_config(LMConfig, vocab_size=a.vocab_size, cell=a.cell, emb_dim=a.emb_dim, hidden=a.hidden,
                          layers=a.layers, dropout=a.dropout)
     return LMJob(data=data, out=a.out, model=model, train=train_config(a), max_length=a.max_length,
-                 lowercase=a.lowercase, version=a.version, work_dir=a.work_dir, resume=a.resume)
+                 lowercase=a.lowercase, weights_dtype=a.weights_dtype, version=a.version, work_dir=a.work_dir,
+                 resume=a.resume)

@@ -32,7 +32,7 @@ from service.engine.text import _BYTE_LEVEL_DECODE, BOS_ID, EOS_ID, PAD_ID, UNK_
 # Scripts written without spaces between words: each of their pieces is taken as a word of its own.
 UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN", "IDEOGRAPHIC")
 NEVER_GENERATED = (PAD_ID, UNK_ID, BOS_ID)
-MAX_WORD_PIECES = 8
+MAX_WORD_PIECES = 16  # a small vocabulary spells a long word in many pieces
 
 
 @dataclass(frozen=True)
@@ -297,6 +297,7 @@ class WordTable:
             text = rest.decode("utf-8", errors="replace")
             self.texts.append(text)
             if not rest:
+                self.starts[i] = spaced  # a bare space: a word begins, its letters come in the pieces after it
                 continue
             if 0x80 <= rest[0] < 0xC0:  # the remaining bytes of a character another piece began
                 self.continues[i] = not spaced
@@ -316,7 +317,7 @@ class WordTable:
         if rest not in self._compatible:
             if len(self._compatible) > 256:
                 self._compatible.clear()
-            self._compatible[rest] = np.array([t.startswith(rest) or (bool(t) and rest.startswith(t)) or "\ufffd" in t
+            self._compatible[rest] = np.array([t.startswith(rest) or rest.startswith(t) or "\ufffd" in t
                                                for t in self.texts], dtype=bool)
         return self._compatible[rest]
 
@@ -372,7 +373,7 @@ class WordSearch:
         return math.log(sorted(self._words.values(), reverse=True)[self.k - 1])
 
     def _whole(self, beam: _Beam) -> bool:
-        return bool(beam.ids) and not beam.text.endswith("\ufffd") and beam.text.startswith(self.partial)
+        return bool(beam.text) and not beam.text.endswith("\ufffd") and beam.text.startswith(self.partial)
 
     def advance(self, log_probs: np.ndarray) -> np.ndarray:
         table, candidates = self.table, []
