@@ -1,4 +1,5 @@
-"""`seqserve bench classify|tag|translate` arguments (stdlib only: the workloads import lazily when they run)."""
+"""`seqserve bench classify|tag|translate|generate|complete` arguments (stdlib only: the workloads import lazily
+when they run)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _common(p: argparse.ArgumentParser, model: str, default_levels: str) -> None
     target = p.add_argument_group("what to measure (--url, --repo or both)")
     target.add_argument("--url", help="a running service, e.g. http://127.0.0.1:8000")
     target.add_argument("--repo", type=Path, help="model repository to start services from (and, for "
-                        "classify and tag, to run the bare engine on)")
+                        "classify, tag and complete, to run the bare engine on)")
     target.add_argument("--model", default=model, help=f"model name (default {model})")
     load = p.add_argument_group("load")
     load.add_argument("--levels", type=levels, default=levels(default_levels), metavar="N,N,...",
@@ -51,9 +52,10 @@ def _common(p: argparse.ArgumentParser, model: str, default_levels: str) -> None
     p.add_argument("--out", type=Path, help="folder for the markdown report, JSON figures and PNG plots")
 
 
-def _one_text_per_request(p: argparse.ArgumentParser, model: str, texts_help: str) -> None:
-    """classify and tag: one text per request, the service against the bare engine, fp32 against int8."""
-    _common(p, model, "1,8,32,128")
+def _one_text_per_request(p: argparse.ArgumentParser, model: str, texts_help: str,
+                          default_levels: str = "1,8,32,128") -> None:
+    """classify, tag and complete: one text per request, the service against the bare engine, fp32 against int8."""
+    _common(p, model, default_levels)
     p.add_argument("--texts", type=int, default=512, help=texts_help)
     p.add_argument("--no-bare", action="store_true", help="skip the bare onnxruntime series")
     p.add_argument("--generator", choices=["auto", "wrk", "aiohttp"], default="auto",
@@ -62,6 +64,15 @@ def _one_text_per_request(p: argparse.ArgumentParser, model: str, texts_help: st
                    "installed (default)")
     p.add_argument("--no-int8", action="store_true", help="do not quantize an int8 variant when the repository "
                    "has none (quantizing needs the train extra)")
+
+
+def _mixed(p: argparse.ArgumentParser, model: str, long_help: str, ratio_help: str) -> None:
+    """translate and generate: a mix of short and long requests, one service per scheduler mode."""
+    _common(p, model, "1,8,32,64")
+    p.add_argument("--modes", default="continuous,static,none",
+                   help="scheduler modes to start a service for (with --repo)")
+    p.add_argument("--long-fraction", type=float, default=0.3, help=long_help)
+    p.add_argument("--ratio-level", type=int, default=32, help=ratio_help)
 
 
 def add_bench_commands(sub: Any) -> None:
@@ -75,13 +86,22 @@ def add_bench_commands(sub: Any) -> None:
                           "through")
     tag.set_defaults(func=_run_tag)
     tr = workloads.add_parser("translate", help="mixed short/long translations per scheduler mode")
-    _common(tr, "en-de", "1,8,32,64")
-    tr.add_argument("--modes", default="continuous,static,none",
-                    help="scheduler modes to start a service for (with --repo)")
+    _mixed(tr, "en-de", "share of long (25-40 word) requests", "concurrency at which modes are compared")
     tr.add_argument("--beam-size", type=int, default=4, help="1 for greedy (default 4, the API default)")
-    tr.add_argument("--long-fraction", type=float, default=0.3, help="share of long (25-40 word) requests")
-    tr.add_argument("--ratio-level", type=int, default=32, help="concurrency at which modes are compared")
     tr.set_defaults(func=_run_translate)
+    gen = workloads.add_parser("generate", help="generated tokens/s and latency of mixed short/long sampled "
+                               "continuations per scheduler mode")
+    _mixed(gen, "captions-lm", "share of long requests", "concurrency at which modes are compared (of the levels "
+           "run, the closest)")
+    gen.add_argument("--short-tokens", type=int, default=8, help="tokens a short request generates (default 8)")
+    gen.add_argument("--long-tokens", type=int, default=64, help="tokens a long request generates (default 64)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
+    gen.set_defaults(func=_run_generate)
+    cmp = workloads.add_parser("complete", help="next-word completions/s and latency: service (its default, "
+                               "continuous scheduler) vs bare LMRuntime.complete, k = 5")
+    _one_text_per_request(cmp, "captions-lm", "prefixes of Multi30k English test2016 captions to cycle through",
+                          "1,8,32")
+    cmp.set_defaults(func=_run_complete)
 
 
 def check_common(a: argparse.Namespace) -> None:
@@ -102,25 +122,41 @@ def _need_aiohttp() -> None:
         raise UserError("seqserve bench needs aiohttp (it is in the dev extra): pip install aiohttp") from None
 
 
-def _run_classify(a: argparse.Namespace) -> None:
+def _ready(a: argparse.Namespace) -> None:
     check_common(a)
     _need_aiohttp()
+
+
+def _run_classify(a: argparse.Namespace) -> None:
+    _ready(a)
     from bench.classify import run
 
     run(a)
 
 
 def _run_tag(a: argparse.Namespace) -> None:
-    check_common(a)
-    _need_aiohttp()
+    _ready(a)
     from bench.tag import run
 
     run(a)
 
 
 def _run_translate(a: argparse.Namespace) -> None:
-    check_common(a)
-    _need_aiohttp()
+    _ready(a)
     from bench.translate import run
 
     run(a)
+
+
+def _run_generate(a: argparse.Namespace) -> None:
+    _ready(a)
+    from bench.generate import run
+
+    run(a)
+
+
+def _run_complete(a: argparse.Namespace) -> None:
+    _ready(a)
+    from bench.generate import run_complete
+
+    run_complete(a)

@@ -1,14 +1,17 @@
-"""Locust load test for seqserve: classify, tag, translate and streamed translate, every answer checked for content.
+"""Locust load test for seqserve: classify, tag, translate, streamed translate, and a language model's next-word
+completion and generation; every answer checked for content.
 
     .venv/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8000          # web UI on :8089
     make loadtest HOST=http://127.0.0.1:8000 RUN_TIME=60s USERS=16                  # headless; CSV + HTML report
     ... --tags classify --step-users 8 --step-seconds 30 --step-count 4 -r 8        # a step load, one task kind
 
-Texts: Rotten Tomatoes snippets (classify), ATIS test utterances (tag) and Multi30k test2016 English (translate),
-read through the training package; or files, one text per line: --classify-texts-file / --tag-texts-file /
---translate-texts-file (`make loadtest-texts` writes them from the data sets, for machines without them, such as the
-compose locust containers), --texts-file for all. A tag answer is right when it has one result per text and every
-token and entity is the slice of the text at its offsets.
+Texts: Rotten Tomatoes snippets (classify), ATIS test utterances (tag), Multi30k test2016 English (translate), read
+through the training package, and a few caption-like prefixes (complete, generate); or files, one text per line:
+--classify-texts-file / --tag-texts-file / --translate-texts-file / --lm-texts-file (`make loadtest-texts` writes the
+first three from the data sets, for machines without them, such as the compose locust containers), --texts-file for
+all. A tag answer is right when it has one result per text and every token and entity is the slice of the text at its
+offsets. Generation mixes short and long answers (workload.GENERATE_MIX: 70 % of 8 tokens, 30 % of 64, all with
+ignore_eos), reported apart as "/v1/generate (8 tokens)" and "/v1/generate (64 tokens)".
 A 200 answer whose content is wrong is a failure; the counts of checked answers are logged at the end as one
 line starting with "seqserve content checks: ".
 """
@@ -36,10 +39,14 @@ from loadtest.workload import (  # noqa: E402
     CheckCounter,
     ExpectedLabels,
     atis_utterances,
+    caption_prefixes,
+    check_completion,
+    check_generation,
     check_stream,
     check_tagging,
     check_translation,
     english_sentences,
+    generation_length,
     read_lines,
     review_texts,
     runs_a_task,
@@ -64,9 +71,12 @@ def _options(parser: Any) -> None:
                        help="texts for tagging only (`make loadtest-texts` writes them from ATIS)")
     group.add_argument("--translate-texts-file", default="", env_var="SEQSERVE_TRANSLATE_TEXTS_FILE",
                        help="sentences for translation only (`make loadtest-texts` writes them from Multi30k)")
+    group.add_argument("--lm-texts-file", default="", env_var="SEQSERVE_LM_TEXTS_FILE",
+                       help="prefixes for completion and generation only (default: a few caption-like prefixes)")
     group.add_argument("--classifier-model", default="sentiment", env_var="SEQSERVE_CLASSIFIER_MODEL")
     group.add_argument("--translator-model", default="en-de", env_var="SEQSERVE_TRANSLATOR_MODEL")
     group.add_argument("--tagger-model", default="atis", env_var="SEQSERVE_TAGGER_MODEL")
+    group.add_argument("--lm-model", default="captions-lm", env_var="SEQSERVE_LM_MODEL")
     group.add_argument("--classifier-labels", default="", help="comma-separated classes every answer must have "
                        "(default: the classes of the first answer)")
     group.add_argument("--beam-size", type=int, default=0, help="beam size for translations (0: the server's default)")
@@ -80,8 +90,8 @@ def _options(parser: Any) -> None:
 
 def texts_file_for(kind: str, options: Any) -> str:
     """The file a kind's texts come from ("" for the data sets themselves): its own file, else --texts-file."""
-    own = {"classify": options.classify_texts_file, "tag": options.tag_texts_file}.get(kind,
-                                                                                      options.translate_texts_file)
+    own = {"classify": options.classify_texts_file, "tag": options.tag_texts_file,
+           "translate": options.translate_texts_file, "lm": options.lm_texts_file}[kind]
     return str(own or options.texts_file)
 
 
@@ -89,8 +99,9 @@ def texts_file_for(kind: str, options: Any) -> str:
 def texts_for(kind: str, texts_file: str) -> list[str]:
     if texts_file:
         return read_lines(Path(texts_file))
-    readers = {"classify": review_texts, "tag": atis_utterances}
-    return readers.get(kind, english_sentences)()
+    readers = {"classify": review_texts, "tag": atis_utterances, "translate": english_sentences,
+               "lm": caption_prefixes}
+    return readers[kind]()
 
 
 class SeqserveUser(HttpUser):
@@ -185,6 +196,32 @@ class StreamUser(SeqserveUser):
             self.judge("stream", response, lambda r: check_stream(r.text))
 
 
+class CompleteUser(SeqserveUser):
+    weight = 1
+    k = 5
+
+    @tag("complete")
+    @task
+    def complete(self) -> None:
+        body = {"model": self.environment.parsed_options.lm_model, "texts": [self.text("lm")], "k": self.k}
+        with self.client.post("/v1/complete", json=body, catch_response=True) as response:
+            self.judge("complete", response, lambda r: check_completion(r.json(), 1, self.k))
+
+
+class GenerateUser(SeqserveUser):
+    weight = 1
+
+    @tag("generate")
+    @task
+    def generate(self) -> None:
+        max_tokens = generation_length(random.random())
+        body = {"model": self.environment.parsed_options.lm_model, "texts": [self.text("lm")],
+                "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.8, "seed": random.randrange(2**32)}
+        with self.client.post("/v1/generate", json=body, name=f"/v1/generate ({max_tokens} tokens)",
+                              catch_response=True) as response:
+            self.judge("generate", response, lambda r: check_generation(r.json(), 1, max_tokens, ignore_eos=True))
+
+
 class StepLoadShape(LoadTestShape):
     """Plain -u/-r/-t by default; with --step-users, a staircase of users. -t bounds either."""
 
@@ -222,8 +259,9 @@ def _prepare(environment: Environment, **_: Any) -> None:
     if options is None:
         return
     LABELS.expect(options.classifier_labels)
-    wanted = {"classify": {"classify"}, "tag": {"tag"}, "translate": {"translate", "stream"}}
-    tags = set(options.tags or ["classify", "tag", "translate", "stream"]) - set(options.exclude_tags or [])
+    wanted = {"classify": {"classify"}, "tag": {"tag"}, "translate": {"translate", "stream"},
+              "lm": {"complete", "generate"}}
+    tags = set(options.tags or set().union(*wanted.values())) - set(options.exclude_tags or [])
     try:
         for kind, kind_tags in wanted.items():
             if tags & kind_tags:

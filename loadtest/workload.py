@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 CHECK_LOG_PREFIX = "seqserve content checks: "
+FINISH_REASONS = frozenset({"length", "stop", "eos"})
+GENERATE_MIX = ((8, 0.7), (64, 0.3))  # (max_tokens, share of /v1/generate requests): short answers and long ones
+CAPTION_PREFIXES = ("A man in a blue shirt is ri", "Two dogs are playing in the ", "A little girl",
+                    "A group of people st", "A woman is sitting on a ", "Children are",
+                    "A brown dog runs through the gr", "Two men are ")
 
 
 def _number(x: Any) -> bool:
@@ -84,6 +89,64 @@ def check_tagging(body: Any, texts: list[str]) -> str | None:
         if any(not isinstance(e.get("label"), str) or not e["label"] for e in found):
             return f"result {i}: an entity without a label"
     return None
+
+
+def check_completion(body: Any, n_texts: int, k: int) -> str | None:
+    """None if `body` is a right /v1/complete answer: per text a `partial` and at most k distinct words that start
+    with it, their probabilities in (0, 1], sorted descending and summing to at most 1."""
+    results = _results(body, n_texts)
+    if isinstance(results, str):
+        return results
+    for i, result in enumerate(results):
+        partial = result.get("partial") if isinstance(result, dict) else None
+        found = result.get("suggestions") if isinstance(result, dict) else None
+        if not isinstance(partial, str) or not isinstance(found, list):
+            return f"result {i}: no partial or suggestions list"
+        if len(found) > k:
+            return f"result {i}: {len(found)} suggestions for k={k}"
+        words = [s.get("word") if isinstance(s, dict) else None for s in found]
+        probs = [s.get("probability") if isinstance(s, dict) else None for s in found]
+        if any(not isinstance(w, str) or not w or not w.startswith(partial) for w in words):
+            return f"result {i}: words {words} do not all start with {partial!r}"
+        if len(set(words)) != len(words):
+            return f"result {i}: a word twice in {words}"
+        if not all(_number(p) and 0.0 < p <= 1.0 for p in probs) or sum(probs) > 1.0 + 1e-3:
+            return f"result {i}: probabilities {probs} are not in (0, 1] or sum past 1"
+        if probs != sorted(probs, reverse=True):
+            return f"result {i}: probabilities {probs} are not sorted, most probable first"
+    return None
+
+
+def check_generation(body: Any, n_texts: int, max_tokens: int, ignore_eos: bool) -> str | None:
+    """None if `body` is a right /v1/generate answer: per text a text, at most `max_tokens` token ids (exactly that
+    many with `ignore_eos`), a log-probability <= 0 for each, and a known finish reason."""
+    results = _results(body, n_texts)
+    if isinstance(results, str):
+        return results
+    for i, result in enumerate(results):
+        ids, text = (result.get("token_ids"), result.get("text")) if isinstance(result, dict) else (None, None)
+        if not isinstance(text, str) or not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+            return f"result {i}: no text or token_ids list"
+        if (len(ids) != max_tokens) if ignore_eos else (len(ids) > max_tokens):
+            return f"result {i}: {len(ids)} tokens for max_tokens={max_tokens}{' and ignore_eos' if ignore_eos else ''}"
+        reason = result.get("finish_reason")
+        if reason not in ({"length"} if ignore_eos else FINISH_REASONS):
+            return f"result {i}: finish_reason {reason!r}{' with ignore_eos' if ignore_eos else ''}"
+        log_probs = result.get("log_probs")
+        if not isinstance(log_probs, list) or len(log_probs) != len(ids):
+            return f"result {i}: not one log-probability per token"
+        if not all(_number(p) and p <= 0.0 for p in log_probs):
+            return f"result {i}: log-probabilities {log_probs[:10]} are not all <= 0"
+    return None
+
+
+def generation_length(u: float) -> int:
+    """max_tokens of a /v1/generate request for a uniform draw u in [0, 1), by the shares of GENERATE_MIX."""
+    for max_tokens, share in GENERATE_MIX:
+        if u < share:
+            return max_tokens
+        u -= share
+    return GENERATE_MIX[-1][0]  # rounding left u a hair past the last share
 
 
 def parse_sse(text: str) -> list[tuple[str, Any]]:
@@ -197,6 +260,11 @@ def review_texts(count: int = 2000, seed: int = 0) -> list[str]:
 
     examples = rotten_tomatoes()
     return [e.text for e in random.Random(seed).sample(examples, min(count, len(examples)))]
+
+
+def caption_prefixes() -> list[str]:
+    """Caption-like prefixes for the language model, some ending inside a word (no data set needed)."""
+    return list(CAPTION_PREFIXES)
 
 
 def english_sentences() -> list[str]:

@@ -258,13 +258,18 @@ class SampleSearch:
         return np.zeros(self.rows, dtype=np.int64)
 
     def certain(self) -> list[int]:
-        """Every token so far, but those whose text may be the start of a stop string (held until it is not)."""
-        if not self.options.stop or self.done:
+        """Every token so far, but those whose text may be the start of a stop string (held until it is not), or,
+        once a stop string ended the text, those whose text goes past it (the result's text is what a stream shows)."""
+        if not self.options.stop or (self.done and self.finish_reason != "stop"):
             return list(self._tokens)
         text = self._text
-        hold = max((n for s in self.options.stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+        if self.done:
+            limit = len(text)
+        else:
+            limit = len(text) - max((n for s in self.options.stop for n in range(1, len(s)) if text.endswith(s[:n])),
+                                    default=0)
         n = len(self._tokens)
-        while hold and n > 0 and len(self._decode(self._tokens[:n])) > len(text) - hold:
+        while n > 0 and len(self._decode(self._tokens[:n])) > limit:
             n -= 1
         return self._tokens[:n]
 

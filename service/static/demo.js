@@ -1,4 +1,4 @@
-// The seqserve demo page: three forms that call the REST API and render what comes back.
+// The seqserve demo page: forms that call the REST API and render what comes back.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,20 +10,56 @@ function headers() {
   return h;
 }
 
-// POST a JSON body; resolves to the parsed response or throws an Error carrying the server's message.
-async function post(path, body) {
-  const response = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body) });
-  let data = null;
+// The Error for a refused request, carrying the server's message.
+function failure(response, data) {
+  const message = data && (data.error || data.detail) ? data.error || JSON.stringify(data.detail) : response.statusText;
+  return new Error(`${response.status}: ${message}`);
+}
+
+async function readJson(response) {
   try {
-    data = await response.json();
+    return await response.json();
   } catch (_) {
-    // not JSON: fall through to the status line
+    return null; // not JSON: an error falls back to the status text
   }
-  if (!response.ok) {
-    const message = data && (data.error || data.detail) ? data.error || JSON.stringify(data.detail) : response.statusText;
-    throw new Error(`${response.status}: ${message}`);
-  }
+}
+
+// POST a JSON body; resolves to the parsed response or throws an Error carrying the server's message.
+async function post(path, body, signal = undefined) {
+  const response = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
+  const data = await readJson(response);
+  if (!response.ok) throw failure(response, data);
   return data;
+}
+
+// POST a JSON body to a Server-Sent Events route; yields {event, data} as each event arrives.
+async function* postEvents(path, body) {
+  const response = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body) });
+  if (!response.ok) throw failure(response, await readJson(response));
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      buffer = (buffer + decoder.decode(value, { stream: !done })).replace(/\r\n/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let event = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) event = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).trim());
+        }
+        if (data.length) yield { event, data: JSON.parse(data.join("\n")) };
+      }
+      if (done) return;
+    }
+  } finally {
+    reader.cancel().catch(() => {}); // the caller stopped early: close the stream, which frees the server's row
+  }
 }
 
 function setStatus(id, text, isError = false) {
@@ -191,6 +227,117 @@ async function tag() {
   $("tag-result").hidden = false;
 }
 
+// Next-word suggestions as the text changes: one request per pause in typing, and only the answer for the latest
+// text is shown (an older one that arrives late is dropped, and its request aborted).
+const suggester = { timer: 0, asked: 0, controller: null, shown: null };
+
+function suggestSoon() {
+  clearTimeout(suggester.timer);
+  suggester.timer = setTimeout(suggest, 150);
+}
+
+async function suggest() {
+  clearTimeout(suggester.timer);
+  const text = $("complete-text").value;
+  const asked = ++suggester.asked;
+  suggester.controller?.abort();
+  suggester.controller = null;
+  if (!text.trim()) { // the server refuses an empty text
+    drawSuggestions(null);
+    setStatus("complete-status", "");
+    return;
+  }
+  const controller = new AbortController();
+  suggester.controller = controller;
+  try {
+    const data = await post("/v1/complete", { model: modelName("complete-model"), texts: [text], k: 5 },
+      controller.signal);
+    if (asked !== suggester.asked) return;
+    const result = data.results[0];
+    drawSuggestions({ text, ...result });
+    setStatus("complete-status", result.suggestions.length ? `${data.model} v${data.version}` : "No suggestions.");
+  } catch (err) {
+    if (asked !== suggester.asked) return; // aborted, or late: a newer request owns the panel
+    drawSuggestions(null);
+    setStatus("complete-status", err.message, true);
+  }
+}
+
+const percent = (p) => (p >= 0.001 ? `${(p * 100).toFixed(1)}%` : "<0.1%");
+
+// shown: {text, partial, suggestions} for the text the suggestions were made for, or null to clear them.
+function drawSuggestions(shown) {
+  suggester.shown = shown;
+  const box = $("complete-suggestions");
+  box.replaceChildren();
+  if (shown) box.dataset.text = shown.text;
+  else delete box.dataset.text;
+  for (const { word, probability } of shown ? shown.suggestions : []) {
+    const chip = cell("button", word);
+    chip.type = "button";
+    chip.className = "chip";
+    chip.dataset.word = word;
+    chip.title = `P(next word = ${word}) = ${probability.toFixed(4)}`;
+    const p = cell("span", percent(probability));
+    p.className = "p";
+    chip.append(p);
+    box.append(chip);
+  }
+}
+
+// A chip's word replaces the partial word it completes, then a space; the next words are asked for at once.
+function insertSuggestion(word) {
+  const { text, partial } = suggester.shown;
+  const field = $("complete-text");
+  field.value = `${text.slice(0, text.length - partial.length)}${word} `;
+  field.focus();
+  field.setSelectionRange(field.value.length, field.value.length);
+  suggest();
+}
+
+async function generate() {
+  const prompt = $("complete-text").value;
+  const tokens = parseInt($("generate-max-tokens").value, 10);
+  const temperature = parseFloat($("generate-temperature").value);
+  const seed = parseInt($("generate-seed").value, 10);
+  const body = {
+    model: modelName("complete-model"),
+    text: prompt,
+    ...(Number.isFinite(tokens) ? { max_tokens: tokens } : {}),
+    ...(Number.isFinite(temperature) ? { temperature } : {}),
+    seed: Number.isFinite(seed) ? seed : null, // null: the server draws one and says which
+  };
+  const output = $("generate-output");
+  $("generate-prompt").textContent = prompt;
+  output.textContent = "";
+  $("generate-info").textContent = "";
+  $("generate-result").hidden = false;
+  for await (const { event, data } of postEvents("/v1/generate/stream", body)) {
+    if (event === "token") {
+      output.textContent += data.text;
+    } else if (event === "done") {
+      output.textContent = data.text; // the whole result: what a stop string cut off is gone
+      $("generate-info").textContent = `${data.token_ids.length} tokens, ${data.finish_reason}, seed ${data.seed}`
+        + ` (${data.model} v${data.version})`;
+      return;
+    } else if (event === "error") {
+      throw new Error(data.error);
+    }
+  }
+  throw new Error("the stream ended without a result");
+}
+
 bindForm("classify", classify);
 bindForm("translate", translate);
 bindForm("tag", tag);
+bindForm("generate", generate);
+$("complete-text").addEventListener("input", suggestSoon);
+$("complete-model").addEventListener("change", suggest);
+$("complete-form").addEventListener("submit", (event) => {
+  event.preventDefault(); // Enter in the model field: ask now rather than reload the page
+  suggest();
+});
+$("complete-suggestions").addEventListener("click", (event) => {
+  const chip = event.target.closest("button.chip");
+  if (chip) insertSuggestion(chip.dataset.word);
+});

@@ -1,5 +1,5 @@
-"""The demo page at `/` in headless Chromium: classify, translate with an attention heatmap, tag entities, show
-errors."""
+"""The demo page at `/` in headless Chromium: classify, translate with an attention heatmap, tag entities, suggest
+next words and stream a generation, show errors."""
 
 from __future__ import annotations
 
@@ -198,3 +198,117 @@ def test_demo_page_highlights_entities_and_the_intent(make_server: Any, browser:
     status = browser.find_element(By.ID, "tag-status")
     assert "error" in (status.get_attribute("class") or "") and status.text[:1] == "4" and "tagger" in status.text
     assert not browser.find_element(By.ID, "tag-result").is_displayed()
+
+
+# The next-word chips: the text they were asked for (the page keeps it on the box) and their words.
+SUGGESTIONS = """
+const box = document.getElementById("complete-suggestions");
+return {text: box.dataset.text ?? null, words: Array.from(box.querySelectorAll("button.chip"), (c) => c.dataset.word)};
+"""
+# Hold the answer for one text until window.releaseHeld(); it is delivered even though the page aborted the request
+# (as one already on its way would be), and window.lateHandled turns true once the page has read it.
+HOLD_COMPLETION = """
+const realFetch = window.fetch;
+let held = arguments[0], release;
+const gate = new Promise((resolve) => { release = resolve; });
+Object.assign(window, {heldRequest: false, lateHandled: false, releaseHeld: release});
+window.fetch = async (url, init) => {
+  if (url !== "/v1/complete" || JSON.parse(init.body).texts[0] !== held) return realFetch(url, init);
+  held = null;
+  window.heldRequest = true;
+  const response = await realFetch(url, {...init, signal: undefined});
+  await gate;
+  const json = response.json.bind(response);
+  response.json = async () => {
+    const data = await json();
+    setTimeout(() => { window.lateHandled = true; });  // after the page's own continuation (microtasks)
+    return data;
+  };
+  return response;
+};
+"""
+# Every text the generation's output shows, in order (each token's append replaces the text node).
+RECORD_OUTPUT = """
+window.seen = [];
+new MutationObserver((records) => records.forEach((r) => r.addedNodes.forEach((n) => window.seen.push(n.data))))
+  .observe(document.getElementById("generate-output"), {childList: true});
+"""
+
+
+def type_in(driver: WebDriver, element_id: str, text: str) -> None:
+    """Set the field's text at once and fire one input event, as one keystroke would."""
+    driver.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'));",
+                          driver.find_element(By.ID, element_id), text)
+
+
+def suggestions_for(driver: WebDriver, text: str) -> list[str]:
+    """The suggested words once the chips shown are those for `text`."""
+    def shown(d: WebDriver) -> list[str] | bool:
+        chips = d.execute_script(SUGGESTIONS)
+        return list(chips["words"]) if chips["text"] == text and chips["words"] else False
+
+    return list(WebDriverWait(driver, 30).until(shown))
+
+
+def completions(url: str, text: str) -> list[str]:
+    answer = httpx.post(f"{url}/v1/complete", json={"texts": [text], "k": 5}, timeout=30).json()
+    return [s["word"] for s in answer["results"][0]["suggestions"]]
+
+
+def wait_error(driver: WebDriver, element_id: str) -> str:
+    return str(WebDriverWait(driver, 30).until(
+        lambda d: "error" in (d.find_element(By.ID, element_id).get_attribute("class") or "")
+        and d.find_element(By.ID, element_id).text))
+
+
+def test_demo_page_suggests_next_words_and_streams_a_generation(make_server: Any, browser: WebDriver) -> None:
+    server = make_server()
+    browser.get(f"{server.url}/")
+    assert browser.find_element(By.ID, "complete-model").get_attribute("value") == ""  # the server's only LM
+
+    fill(browser, "complete-text", "the eleph")
+    assert "elephant" in suggestions_for(browser, "the eleph")
+    chip = browser.find_element(By.CSS_SELECTOR, '#complete-suggestions button.chip[data-word="elephant"]')
+    assert chip.text.startswith("elephant") and chip.text.endswith("%")
+    chip.click()
+    assert browser.find_element(By.ID, "complete-text").get_attribute("value") == "the elephant "
+    assert suggestions_for(browser, "the elephant ") == completions(server.url, "the elephant ")
+    assert "error" not in (browser.find_element(By.ID, "complete-status").get_attribute("class") or "")
+
+    # an answer that arrives after the answer for a newer text is dropped
+    browser.execute_script(HOLD_COMPLETION, "the cat ")
+    type_in(browser, "complete-text", "the cat ")
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return window.heldRequest"))
+    type_in(browser, "complete-text", "the cat jumps over the ")
+    latest = suggestions_for(browser, "the cat jumps over the ")
+    browser.execute_script("window.releaseHeld()")
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return window.lateHandled"))
+    assert browser.execute_script(SUGGESTIONS) == {"text": "the cat jumps over the ", "words": latest}
+
+    # the generation streams into the output, token by token, and ends with the whole result
+    fill(browser, "complete-text", "the cat")
+    fill(browser, "generate-max-tokens", "12")
+    fill(browser, "generate-temperature", "0.8")
+    fill(browser, "generate-seed", "3")
+    browser.execute_script(RECORD_OUTPUT)
+    browser.find_element(By.ID, "generate-submit").click()
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.ID, "generate-status").text.startswith(("Done", "4", "5")))
+    assert "error" not in (browser.find_element(By.ID, "generate-status").get_attribute("class") or "")
+    expected = httpx.post(f"{server.url}/v1/generate", timeout=30, json={
+        "texts": ["the cat"], "max_tokens": 12, "temperature": 0.8, "seed": 3}).json()["results"][0]
+    assert browser.find_element(By.ID, "generate-prompt").get_attribute("textContent") == "the cat"
+    assert browser.find_element(By.ID, "generate-output").get_attribute("textContent") == expected["text"]
+    seen = browser.execute_script("return window.seen")
+    assert len(set(seen)) > 2 and all(expected["text"].startswith(text) for text in seen), seen
+    assert browser.find_element(By.ID, "generate-info").text == (
+        f"{len(expected['token_ids'])} tokens, {expected['finish_reason']}, seed 3 (animals v1)")
+
+    # errors show in the status lines, as on the other forms
+    fill(browser, "complete-model", "reviews")  # a classifier, not a language model
+    browser.find_element(By.ID, "generate-submit").click()
+    assert wait_error(browser, "generate-status").startswith("404")
+    assert not browser.find_element(By.ID, "generate-result").is_displayed()
+    browser.find_element(By.ID, "complete-text").send_keys(" ")
+    assert wait_error(browser, "complete-status").startswith("404")
+    assert browser.execute_script(SUGGESTIONS) == {"text": None, "words": []}

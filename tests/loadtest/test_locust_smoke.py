@@ -19,8 +19,11 @@ from tests.conftest import ROOT
 from tests.service.api.test_api import metric
 
 LOCUST = Path(sys.executable).parent / "locust"
-NAMES = {"classify": "/v1/classify", "tag": "/v1/tag", "translate": "/v1/translate", "stream": "/v1/translate/stream"}
-WEIGHTS = (3, 1, 2, 1)  # the user classes' weights, in the order of NAMES
+# Each kind's request names in the stats; generation reports its two lengths apart.
+NAMES = {"classify": ("/v1/classify",), "tag": ("/v1/tag",), "translate": ("/v1/translate",),
+         "stream": ("/v1/translate/stream",), "complete": ("/v1/complete",),
+         "generate": ("/v1/generate (8 tokens)", "/v1/generate (64 tokens)")}
+WEIGHTS = (3, 1, 2, 1, 1, 1)  # the user classes' weights, in the order of NAMES
 
 
 def run_locust(url: str, tmp_path: Path, *args: str, during: Callable[[], None] | None = None,
@@ -32,6 +35,8 @@ def run_locust(url: str, tmp_path: Path, *args: str, during: Callable[[], None] 
     is written at exit from the final stats and is the one to compare exact counts with."""
     texts = tmp_path / "texts.txt"
     texts.write_text("one two three\nseven eight nine four\nfive six\nzero one two three four five\n", "utf-8")
+    prefixes = tmp_path / "prefixes.txt"
+    prefixes.write_text("the eleph\nthe cat jumps over the \na gir\nthe dog runs along the river\n", "utf-8")
     prefix = tmp_path / "run"
     log_path = tmp_path / "locust.log"
     with log_path.open("wb") as log:
@@ -39,7 +44,7 @@ def run_locust(url: str, tmp_path: Path, *args: str, during: Callable[[], None] 
             [str(LOCUST), "-f", "loadtest/locustfile.py", "--headless", "--host", url, "--csv", str(prefix),
              "--html", str(tmp_path / "report.html"), "--json-file", str(prefix), "--only-summary",
              "--texts-file", str(texts), "--classifier-model", "reviews", "--translator-model", "numbers",
-             "--tagger-model", "flights",
+             "--tagger-model", "flights", "--lm-model", "animals", "--lm-texts-file", str(prefixes),
              "--think-time", "0.05", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             if during is not None:
@@ -57,17 +62,19 @@ def run_locust(url: str, tmp_path: Path, *args: str, during: Callable[[], None] 
 
 
 def test_every_request_kind_runs_and_every_answer_is_checked(make_server, tmp_path):
-    """7 users (weights 3:1:2:1 over classify, tag, translate, stream) of 5 requests each, then the run ends by
-    itself: exact counts, whatever the machine's speed (-t only bounds a hang)."""
+    """9 users (weights 3:1:2:1:1:1 over classify, tag, translate, stream, complete, generate) of 5 requests each,
+    then the run ends by itself: exact counts, whatever the machine's speed (-t only bounds a hang)."""
     server = make_server()
     count = str(sum(WEIGHTS))
     code, rows, final, log = run_locust(server.url, tmp_path, "-u", count, "-r", count, "-t", "100s",
                                         "--iterations", "5", "--classifier-labels", "neg,pos")
     assert code == 0, log[-3000:]
     checks = parse_check_line(log)
-    for (kind, name), users in zip(NAMES.items(), WEIGHTS, strict=True):
-        assert final[name]["num_requests"] == users * 5, (name, final[name]["num_requests"])
-        assert final[name]["num_failures"] == 0
+    assert set(final) <= {name for names in NAMES.values() for name in names} | {"Aggregated"}, sorted(final)
+    for (kind, names), users in zip(NAMES.items(), WEIGHTS, strict=True):
+        entries = [final[name] for name in names if name in final]
+        assert sum(e["num_requests"] for e in entries) == users * 5, (kind, entries)
+        assert sum(e["num_failures"] for e in entries) == 0
         assert checks[kind] == {"ok": users * 5, "failed": 0, "http_error": 0}
     assert (tmp_path / "report.html").read_text("utf-8").count("/v1/classify") > 0
 

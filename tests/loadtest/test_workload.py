@@ -8,13 +8,18 @@ import json
 import pytest
 
 from loadtest.workload import (
+    GENERATE_MIX,
     CheckCounter,
     ExpectedLabels,
     atis_utterances,
+    caption_prefixes,
     check_classification,
+    check_completion,
+    check_generation,
     check_stream,
     check_tagging,
     check_translation,
+    generation_length,
     parse_check_line,
     parse_sse,
     read_lines,
@@ -37,6 +42,13 @@ GOOD_TAG = {"model": "flights", "version": 1, "results": [{
     "intent": {"label": "flight", "score": 0.8, "probabilities": {"flight": 0.8, "airfare": 0.2}},
     "truncated_at": None}]}
 GOOD_TRANSLATE = {"model": "numbers", "version": 1, "results": [{"translation": "eins zwei", "score": -0.3}]}
+GOOD_COMPLETE = {"model": "animals", "version": 1, "results": [
+    {"partial": "eleph", "suggestions": [{"word": "elephant", "probability": 0.9},
+                                         {"word": "elephants", "probability": 0.05}]},
+    {"partial": "", "suggestions": [{"word": "jumps", "probability": 0.4}, {"word": "runs", "probability": 0.4}]}]}
+GOOD_GENERATE = {"model": "animals", "version": 1, "results": [{
+    "text": " jumps over", "tokens": [" ", "ju", "mps", " over"], "token_ids": [224, 299, 80, 271],
+    "log_probs": [-1.2, -0.01, 0.0, -0.3], "finish_reason": "length", "seed": 3, "prompt_tokens": 4}]}
 
 
 def sse(*events: tuple[str, dict]) -> str:
@@ -102,6 +114,93 @@ def test_translations_must_be_non_empty_with_a_score(body, message):
     assert check_translation(GOOD_TRANSLATE, 1) is None
     error = check_translation(body, 1)
     assert error is not None and message in error
+
+
+def completion(result: dict) -> dict:
+    """An answer for one text with this result."""
+    return {"model": "animals", "version": 1, "results": [result]}
+
+
+def words(*pairs: tuple[object, object], partial: object = "ele") -> dict:
+    return completion({"partial": partial, "suggestions": [{"word": w, "probability": p} for w, p in pairs]})
+
+
+def test_a_right_completion_passes_with_no_words_or_up_to_k():
+    assert check_completion(GOOD_COMPLETE, 2, 5) is None
+    assert check_completion(GOOD_COMPLETE, 2, 2) is None
+    assert check_completion(words(), 1, 5) is None  # no word of the model starts with the partial
+    assert check_completion(words(("elephant", 1.0), partial=""), 1, 1) is None
+
+
+@pytest.mark.parametrize(("body", "n", "k", "message"), [
+    ({"error": "boom"}, 1, 5, "no results list"),
+    (GOOD_COMPLETE, 1, 5, "2 results for 1 texts"),
+    (GOOD_COMPLETE, 2, 1, "2 suggestions for k=1"),
+    (completion({"suggestions": []}), 1, 5, "no partial or suggestions list"),
+    (completion({"partial": "ele", "suggestions": None}), 1, 5, "no partial or suggestions list"),
+    (words(("elephant", 0.5), ("cat", 0.1)), 1, 5, "do not all start with 'ele'"),
+    (words(("", 0.5)), 1, 5, "do not all start with"),
+    (words((None, 0.5)), 1, 5, "do not all start with"),
+    (words(("elephant", 0.5), ("elephant", 0.1)), 1, 5, "a word twice"),
+    (words(("elephant", 0.0)), 1, 5, "are not in (0, 1]"),
+    (words(("elephant", 1.5)), 1, 5, "are not in (0, 1]"),
+    (words(("elephant", "0.5")), 1, 5, "are not in (0, 1]"),
+    (words(("elephant", float("nan"))), 1, 5, "are not in (0, 1]"),
+    (words(("elephant", 0.7), ("elephants", 0.6)), 1, 5, "sum past 1"),
+    (words(("elephant", 0.1), ("elephants", 0.6)), 1, 5, "are not sorted"),
+])
+def test_a_wrong_completion_is_caught(body, n, k, message):
+    error = check_completion(body, n, k)
+    assert error is not None and message in error
+
+
+def generated(field: str, value: object) -> dict:
+    """GOOD_GENERATE with one field of its result replaced."""
+    body = copy.deepcopy(GOOD_GENERATE)
+    body["results"][0][field] = value
+    return body
+
+
+def test_a_right_generation_passes_with_exactly_max_tokens_under_ignore_eos():
+    assert check_generation(GOOD_GENERATE, 1, 4, ignore_eos=True) is None
+    assert check_generation(GOOD_GENERATE, 1, 8, ignore_eos=False) is None  # ended early: allowed without ignore_eos
+    assert check_generation(generated("finish_reason", "eos"), 1, 8, ignore_eos=False) is None
+
+
+@pytest.mark.parametrize(("body", "max_tokens", "ignore_eos", "message"), [
+    ({"results": None}, 4, True, "no results list"),
+    ({"results": []}, 4, True, "0 results for 1 texts"),
+    (generated("text", None), 4, True, "no text or token_ids list"),
+    (generated("token_ids", None), 4, True, "no text or token_ids list"),
+    (generated("token_ids", [1, 2, "3", 4]), 4, True, "no text or token_ids list"),
+    (GOOD_GENERATE, 8, True, "4 tokens for max_tokens=8 and ignore_eos"),
+    (GOOD_GENERATE, 3, True, "4 tokens for max_tokens=3"),
+    (GOOD_GENERATE, 3, False, "4 tokens for max_tokens=3"),
+    (generated("finish_reason", "eos"), 4, True, "finish_reason 'eos' with ignore_eos"),
+    (generated("finish_reason", "done"), 8, False, "finish_reason 'done'"),
+    (generated("finish_reason", None), 8, False, "finish_reason None"),
+    (generated("log_probs", [-1.0, -1.0, -1.0]), 4, True, "not one log-probability per token"),
+    (generated("log_probs", None), 4, True, "not one log-probability per token"),
+    (generated("log_probs", [-1.0, 0.5, -1.0, -1.0]), 4, True, "are not all <= 0"),
+    (generated("log_probs", [-1.0, float("-inf"), -1.0, -1.0]), 4, True, "are not all <= 0"),
+    (generated("log_probs", [-1.0, None, -1.0, -1.0]), 4, True, "are not all <= 0"),
+])
+def test_a_wrong_generation_is_caught(body, max_tokens, ignore_eos, message):
+    error = check_generation(body, 1, max_tokens, ignore_eos)
+    assert error is not None and message in error
+
+
+def test_generation_lengths_follow_the_mix():
+    assert GENERATE_MIX == ((8, 0.7), (64, 0.3))
+    assert [generation_length(u) for u in (0.0, 0.69, 0.7, 0.99, 0.9999999999)] == [8, 8, 64, 64, 64]
+    draws = [generation_length(i / 1000) for i in range(1000)]
+    assert draws.count(8) == 700 and draws.count(64) == 300
+
+
+def test_the_caption_prefixes_end_inside_a_word_or_after_one():
+    prefixes = caption_prefixes()
+    assert len(prefixes) >= 4 and all(p.strip() and "\n" not in p for p in prefixes)
+    assert any(p.endswith(" ") for p in prefixes) and any(not p.endswith(" ") for p in prefixes)
 
 
 def tag_answer(where: str, value: object) -> dict:
