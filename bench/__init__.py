@@ -1,4 +1,4 @@
-"""Benchmarks of a running (or freshly started) service: `seqserve bench classify|tag|translate`.
+"""Benchmarks of a running (or freshly started) service: `seqserve bench classify|tag|translate|generate|complete`.
 
 `core` generates load and computes statistics, `report` writes tables and plots, `classify`, `tag` and
 `translate` are the workloads (`onetext` is what classify and tag share: one text per request, service against

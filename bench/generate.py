@@ -225,7 +225,7 @@ COMPLETE = Workload(
     name="complete", path="/v1/complete", title="Completion benchmark", noun="next-word completion",
     bare="`LMRuntime.complete` (k = 5: tokenize, the prompt graph, then a best-first search over pieces for the "
     "next words, the batch's prefixes stepping together)", check=check_completion, engine=_complete_engine,
-    texts=_complete_texts)
+    texts=_complete_texts, batching="the iteration-level scheduler")
 
 
 def run_complete(a: argparse.Namespace) -> None:

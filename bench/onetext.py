@@ -61,6 +61,7 @@ class Workload:
     check: Check  # of each answer (aiohttp: every one; wrk: a spot check of 32 before each series)
     engine: Engine
     texts: TextLoader
+    batching: str = "dynamic batching"  # how the service batches this kind's requests, for the report
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def report(w: Workload, series: Series, a: argparse.Namespace, source: str, info
         f"# {w.title}", "",
         f"Texts: {source}; one text per request. Each level: {a.repeats} windows of {a.seconds:g} s after "
         f"{a.warmup:g} s warm-up; the tables show medians. Service: `seqserve serve` with default settings "
-        f"(dynamic batching, onnxruntime choosing its threads), one model loaded. Bare: {w.bare} on batches of N "
+        f"({w.batching}, onnxruntime choosing its threads), one model loaded. Bare: {w.bare} on batches of N "
         "texts back to back, no HTTP, onnxruntime choosing its threads (one per core): the engine's limit on this "
         "machine.",
         "",

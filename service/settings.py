@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     default_timeout_s: float = Field(0, ge=0, description="per-request deadline when none is given (0: none)")
 
     scheduler: Literal["continuous", "static", "none"] = "continuous"
-    max_active_rows: int = Field(256, ge=1, description="decoder rows in flight per translator")
-    max_active_source_tokens: int = Field(16_384, ge=1, description="source tokens in flight per translator")
+    max_active_rows: int = Field(256, ge=1, description="step rows in flight per decoding model (translator, LM)")
+    max_active_source_tokens: int = Field(16_384, ge=1, description="source or prompt tokens in flight per "
+                                          "decoding model")
     default_beam_size: int = Field(4, ge=1)
     max_beam_size: int = Field(16, ge=1)
     max_output_tokens: int = Field(256, ge=1)

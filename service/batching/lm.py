@@ -31,7 +31,7 @@ class LMEngine:
         return sum(len(r.item.ids) for r in self.active)
 
     def cost(self, item: LMItem) -> tuple[int, int]:
-        return self.runtime.search(item).max_rows, len(item.ids)
+        return self.runtime.rows_for(item), len(item.ids)
 
     def admit(self, admitted: list[SeqRequest]) -> None:
         if not admitted:

@@ -336,6 +336,11 @@ def split_partial(text: str) -> tuple[str, str]:
     return text[:n], text[n:]
 
 
+def completion_width(k: int) -> int:
+    """Paths a completion keeps per step: twice the words asked for, 8 to 32."""
+    return min(max(2 * k, 8), 32)
+
+
 @dataclass
 class _Beam:
     ids: list[int]
@@ -352,7 +357,7 @@ class WordSearch:
 
     def __init__(self, k: int, partial: str, table: WordTable, encoder: TextEncoder, width: int = 0) -> None:
         self.k, self.partial, self.table, self.encoder = k, partial, table, encoder
-        self.width = width or min(max(2 * k, 8), 32)
+        self.width = width or completion_width(k)
         self.done = False
         self._beams: list[_Beam] = [_Beam([], 0.0, "")]
         self._words: dict[str, float] = {}
@@ -517,6 +522,12 @@ class LMRuntime:
             return LMItem(ids, task, options, partial, truncated)
         ids, truncated = self._prefix(text, keep_end=task != "score")
         return LMItem(ids, task, options, truncated=truncated)
+
+    def rows_for(self, item: LMItem) -> int:
+        """The most rows the item's search will hold (what admission reserves), without making the search."""
+        if item.task == "complete":
+            return completion_width(int(item.options))
+        return 1 if item.task == "generate" else 0
 
     def search(self, item: LMItem) -> LMSearch:
         if item.task == "score":
