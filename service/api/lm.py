@@ -10,13 +10,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.api.body import body_doc, deadline_from, json_response, read_json
+from service.api.body import body_doc, deadline_from, json_response, parameters, read_json
 from service.api.deps import reach, require_inference_key
 from service.api.errors import RESPONSES
 from service.api.kind import ApiKind, FastRoute
-from service.api.stream import TokenStream, sse, stream_events
+from service.api.stream import TokenStream, open_stream, sse, stream_events
 from service.engine.lm import Completion, Generation, SampleOptions, Scored
 from service.metrics import Metrics
 from service.serving.inference import InvalidInput, check_texts, run_texts
@@ -213,17 +213,9 @@ async def generate_stream(request: Request) -> StreamingResponse:
     settings: Settings = request.app.state.settings
     model = reach(request, body.model, kind=KIND_NAME)
     text = check_texts([body.text], settings)[0]
-    options = LMOptions("generate", sample=sample_options(body, settings))
-    deadline = deadline_from(request, settings)
-    model.queue.check(1)
-    if settings.log_texts:
-        log.info("stream text for %s: %r", model.name, text)
-    items, lengths = model.prepare([text], options)
-    updates: asyncio.Queue[list[int]] = asyncio.Queue()
-    (future,) = model.queue.submit(items, lengths, deadline, on_tokens=updates.put_nowait)
-    return StreamingResponse(_events(model, future, updates, request.app.state.metrics),
-                             media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    metrics = request.app.state.metrics
+    return open_stream(request, model, text, LMOptions("generate", sample=sample_options(body, settings)),
+                       lambda future, updates: _events(model, future, updates, metrics))
 
 
 def _events(model: Any, future: asyncio.Future[Generation], updates: asyncio.Queue[list[int]],
@@ -246,13 +238,7 @@ def v2_options(params: dict[str, Any], settings: Settings) -> LMOptions:
         raise InvalidInput(f"parameters.task must be score or complete, got {task!r}")
     if task == "score":
         return LMOptions("score")
-    try:
-        body = CompleteRequest.model_validate({"texts": ["-"], **({"k": params["k"]} if "k" in params else {})},
-                                              strict=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidInput(f"parameters.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    return LMOptions("complete", k=body.k)
+    return LMOptions("complete", k=parameters(CompleteRequest, params, ("k",), texts=["-"]).k)
 
 
 KIND = ApiKind(KIND_NAME, router, v1_paths=("/v1/complete", "/v1/generate", "/v1/generate/stream", "/v1/score"),

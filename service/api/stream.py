@@ -5,10 +5,37 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from service.api.body import deadline_from
+from service.serving.served import ServedModel
+from service.settings import Settings
+
+log = logging.getLogger("seqserve.inference")
+
 Decode = Callable[[list[int]], str]
+
+
+def open_stream(request: Request, model: ServedModel, text: str, options: Any,
+                events: Callable[[asyncio.Future[Any], asyncio.Queue[list[int]]], AsyncIterator[bytes]]
+                ) -> StreamingResponse:
+    """Queue one text with a callback for its certain tokens (the gate answers first: a 503 stays cheap) and stream
+    the `events` made of its future and its updates."""
+    settings: Settings = request.app.state.settings
+    deadline = deadline_from(request, settings)
+    model.queue.check(1)
+    if settings.log_texts:
+        log.info("stream text for %s: %r", model.name, text)
+    items, lengths = model.prepare([text], options)
+    updates: asyncio.Queue[list[int]] = asyncio.Queue()
+    (future,) = model.queue.submit(items, lengths, deadline, on_tokens=updates.put_nowait)
+    return StreamingResponse(events(future, updates), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:

@@ -10,13 +10,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.body import body_doc, deadline_from, read_json
+from service.api.body import body_doc, deadline_from, parameters, read_json
 from service.api.deps import reach, require_inference_key
 from service.api.errors import RESPONSES
 from service.api.kind import ApiKind
-from service.api.stream import TokenStream, sse, stream_events
+from service.api.stream import TokenStream, open_stream, sse, stream_events
 from service.engine.translator import DecodeOptions, Translation
 from service.metrics import Metrics
 from service.serving.inference import InvalidInput, check_texts, run_texts
@@ -117,16 +117,9 @@ async def translate_stream(request: Request) -> StreamingResponse:
     settings: Settings = request.app.state.settings
     model = reach(request, body.model, kind=KIND_NAME)
     text = check_texts([body.text], settings)[0]
-    options = decode_options(body, settings)
-    deadline = deadline_from(request, settings)
-    model.queue.check(1)
-    if settings.log_texts:
-        log.info("stream text for %s: %r", model.name, text)
-    items, lengths = model.prepare([text], options)
-    updates: asyncio.Queue[list[int]] = asyncio.Queue()
-    (future,) = model.queue.submit(items, lengths, deadline, on_tokens=updates.put_nowait)
-    return StreamingResponse(_events(model, future, updates, request.app.state.metrics), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    metrics = request.app.state.metrics
+    return open_stream(request, model, text, decode_options(body, settings),
+                       lambda future, updates: _events(model, future, updates, metrics))
 
 
 def _events(model: Any, future: asyncio.Future[Translation], updates: asyncio.Queue[list[int]],
@@ -144,12 +137,7 @@ def _events(model: Any, future: asyncio.Future[Translation], updates: asyncio.Qu
 
 def v2_options(params: dict[str, Any], settings: Settings) -> DecodeOptions:
     """Decoding options from the v2 parameters beam_size, max_length and length_penalty (as in /v1/translate)."""
-    given = {k: params[k] for k in ("beam_size", "max_length", "length_penalty") if k in params}
-    try:
-        request = TranslateRequest.model_validate({"texts": ["-"], **given}, strict=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidInput(f"parameters.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    request = parameters(TranslateRequest, params, ("beam_size", "max_length", "length_penalty"), texts=["-"])
     return decode_options(request, settings)
 
 

@@ -1,5 +1,5 @@
-"""A language model as served: every task on the iteration-level scheduler, or the dynamic batcher for static
-batches or none (the `scheduler` setting, as for translators)."""
+"""A language model as served: every task (score, complete, generate) on the iteration-level scheduler
+(`DecodingModel`), or whole batches on the dynamic batcher (the `scheduler` setting, as for translators)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.batching.batcher import DynamicBatcher
 from service.batching.lm import LMEngine
-from service.batching.queue import WorkQueue
-from service.batching.scheduler import ContinuousScheduler
 from service.engine.lm import Completion, LMItem, LMRuntime, SampleOptions, Scored
 from service.engine.sessions import SessionOptions
 from service.metrics import Metrics
-from service.serving.served import WARMUP_TEXTS, Output, ServedModel
+from service.serving.served import WARMUP_TEXTS, DecodingModel, Output
 from service.settings import Settings
 
 SCORE_OUTPUTS = ("log_prob", "perplexity", "tokens", "token_log_probs")
@@ -32,29 +29,16 @@ class LMOptions:
     sample: SampleOptions | None = None
 
 
-class ServedLM(ServedModel):
+class ServedLM(DecodingModel):
     kind = "lm"
+    runtime: LMRuntime
 
     def __init__(self, name: str, version_dir: Path, config: dict[str, Any], opts: SessionOptions) -> None:
         super().__init__(name, version_dir, config, opts)
         self.runtime = LMRuntime(version_dir, config, opts)
 
-    @property
-    def provider(self) -> str:
-        return self.runtime.provider
-
-    def start(self, settings: Settings, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self.queue = self._queue(settings, metrics)
-
-    def _queue(self, settings: Settings, metrics: Metrics) -> WorkQueue:
-        if settings.scheduler == "continuous":
-            return ContinuousScheduler(self.name, LMEngine(self.runtime, metrics, self.name), metrics,
-                                       settings.max_active_rows, settings.max_active_source_tokens,
-                                       settings.max_queue_size)
-        batch = 1 if settings.scheduler == "none" else settings.max_batch_size
-        return DynamicBatcher(self.name, self.run, metrics, batch, settings.max_queue_delay_ms / 1000,
-                              settings.max_queue_size)
+    def engine(self, settings: Settings, metrics: Metrics) -> LMEngine:
+        return LMEngine(self.runtime, metrics, self.name)
 
     def prepare(self, texts: Sequence[str], options: LMOptions) -> tuple[list[Any], list[int]]:
         """Tokenized here: admission budgets prompt tokens."""

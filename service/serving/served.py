@@ -9,6 +9,7 @@ from typing import Any
 
 from service.batching.batcher import DynamicBatcher
 from service.batching.queue import WorkQueue
+from service.batching.scheduler import ContinuousScheduler, IterationEngine
 from service.engine.sessions import SessionOptions
 from service.metrics import Metrics
 from service.settings import Settings
@@ -93,3 +94,32 @@ class OneShotModel(ServedModel):
 
     def run(self, texts: list[str]) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+
+class DecodingModel(ServedModel):
+    """A kind decoded step by step (translator, language model): by default on the iteration-level scheduler, which
+    drives the kind's `engine`; `--scheduler static|none` queue on the dynamic batcher instead, whose `run` decodes a
+    whole batch (of one, with none). A subclass sets `runtime`, `engine` and `run`."""
+
+    runtime: Any
+
+    @property
+    def provider(self) -> str:
+        return str(self.runtime.provider)
+
+    def engine(self, settings: Settings, metrics: Metrics) -> IterationEngine:
+        raise NotImplementedError
+
+    def run(self, items: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def start(self, settings: Settings, metrics: Metrics) -> None:
+        self.metrics = metrics
+        if settings.scheduler == "continuous":
+            self.queue = ContinuousScheduler(self.name, self.engine(settings, metrics), metrics,
+                                             settings.max_active_rows, settings.max_active_source_tokens,
+                                             settings.max_queue_size)
+        else:
+            batch = 1 if settings.scheduler == "none" else settings.max_batch_size
+            self.queue = DynamicBatcher(self.name, self.run, metrics, batch, settings.max_queue_delay_ms / 1000,
+                                        settings.max_queue_size)

@@ -1,4 +1,4 @@
-"""A translator as served: the iteration-level scheduler, or the dynamic batcher for static batches or none."""
+"""A translator as served: its decoder steps on the iteration-level scheduler (`DecodingModel`), or whole batches."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.batching.batcher import DynamicBatcher
-from service.batching.queue import WorkQueue
-from service.batching.scheduler import ContinuousScheduler
 from service.batching.seq2seq import DecodeEngine
 from service.engine.sessions import SessionOptions
 from service.engine.translator import DecodeOptions, Translation, TranslatorRuntime
 from service.metrics import Metrics
-from service.serving.served import WARMUP_TEXTS, Output, ServedModel
+from service.serving.served import WARMUP_TEXTS, DecodingModel, Output
 from service.settings import Settings
 
 
@@ -24,29 +21,16 @@ class TranslateItem:
     options: DecodeOptions
 
 
-class ServedTranslator(ServedModel):
+class ServedTranslator(DecodingModel):
     kind = "translator"
+    runtime: TranslatorRuntime
 
     def __init__(self, name: str, version_dir: Path, config: dict[str, Any], opts: SessionOptions) -> None:
         super().__init__(name, version_dir, config, opts)
         self.runtime = TranslatorRuntime(version_dir, config, opts)
 
-    @property
-    def provider(self) -> str:
-        return self.runtime.provider
-
-    def start(self, settings: Settings, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self.queue = self._queue(settings, metrics)
-
-    def _queue(self, settings: Settings, metrics: Metrics) -> WorkQueue:
-        if settings.scheduler == "continuous":
-            engine = DecodeEngine(self.runtime, settings.max_active_rows, metrics, self.name)
-            return ContinuousScheduler(self.name, engine, metrics, settings.max_active_rows,
-                                       settings.max_active_source_tokens, settings.max_queue_size)
-        batch = 1 if settings.scheduler == "none" else settings.max_batch_size
-        return DynamicBatcher(self.name, self.run, metrics, batch, settings.max_queue_delay_ms / 1000,
-                              settings.max_queue_size)
+    def engine(self, settings: Settings, metrics: Metrics) -> DecodeEngine:
+        return DecodeEngine(self.runtime, settings.max_active_rows, metrics, self.name)
 
     def prepare(self, texts: Sequence[str], options: DecodeOptions) -> tuple[list[Any], list[int]]:
         """Tokenized here: admission budgets source tokens."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from typing import Any
 
 import httpx
 import numpy as np
@@ -175,6 +177,32 @@ def metric(text: str, name: str, **labels: str) -> float:
         if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def leave_a_stream(url: str, runner: Any, path: str, body: dict[str, Any], model: str) -> str:
+    """Slow the runner's steps, read a stream up to its first token and leave; -> /metrics once the scheduler has
+    counted the client gone (or after 10 s)."""
+    original = runner.step
+
+    def slow_step(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.05)
+        return original(*args, **kwargs)
+
+    runner.step = slow_step
+    try:
+        with httpx.stream("POST", f"{url}{path}", json=body, timeout=30) as response:
+            for line in response.iter_lines():
+                if line.startswith("event: token"):
+                    break  # the client goes away mid-stream
+        deadline = time.monotonic() + 10
+        while True:
+            scrape = httpx.get(f"{url}/metrics").text
+            gone = metric(scrape, "seqserve_rejections_total", model=model, reason="client_gone")
+            if gone >= 1 or time.monotonic() > deadline:
+                return scrape
+            time.sleep(0.05)
+    finally:
+        runner.step = original
 
 
 def test_concurrent_burst_is_batched_and_every_answer_is_correct(make_server):

@@ -6,7 +6,6 @@ import asyncio
 import json
 import random
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -19,7 +18,7 @@ from service.engine.translator import DecodeOptions, TranslatorRuntime
 from service.metrics import Metrics
 from service.serving.translator import TranslateItem
 from tests.conftest import synthetic_pairs
-from tests.service.api.test_api import metric
+from tests.service.api.test_api import leave_a_stream, metric
 
 # ---- policy (pure functions) ----
 
@@ -191,30 +190,12 @@ def test_every_scheduler_mode_gives_the_same_translations(make_server, mode):
 
 def test_a_stream_whose_client_disconnects_frees_its_rows(make_server):
     server = make_server()
-    scheduler = server.manager.models["numbers"].queue
-    runner = scheduler.engine.runner
-    original = runner.step
-
-    def slow_step(*args, **kwargs):
-        time.sleep(0.05)
-        return original(*args, **kwargs)
-
-    runner.step = slow_step
+    runner = server.manager.models["numbers"].queue.engine.runner
     body = {"model": "numbers", "text": "one two three four five six seven", "beam_size": 1, "max_length": 200}
-    with httpx.stream("POST", f"{server.url}/v1/translate/stream", json=body, timeout=30) as response:
-        for line in response.iter_lines():
-            if line.startswith("event: token"):
-                break  # the client goes away mid-stream
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        scrape = httpx.get(f"{server.url}/metrics").text
-        if metric(scrape, "seqserve_rejections_total", model="numbers", reason="client_gone") >= 1:
-            break
-        time.sleep(0.05)
+    scrape = leave_a_stream(server.url, runner, "/v1/translate/stream", body, "numbers")
     assert metric(scrape, "seqserve_rejections_total", model="numbers", reason="client_gone") == 1
     assert metric(scrape, "seqserve_active_sequences", model="numbers") == 0
     assert metric(scrape, "seqserve_queue_depth", model="numbers") == 0
-    runner.step = original
     assert httpx.post(f"{server.url}/v1/translate", json={"model": "numbers", "texts": ["one"]}).status_code == 200
 
 
