@@ -47,11 +47,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     max_steps: int = 0  # 0 = no limit; a small number makes a dry run
+    lr_decay: float = 1.0  # the learning rate is multiplied by this after an epoch without improvement (1: never)
 
     def __post_init__(self) -> None:
         check_at_least(1, epochs=self.epochs, batch_size=self.batch_size, patience=self.patience)
         check_at_least(0, weight_decay=self.weight_decay, seed=self.seed)
-        check_above(0, lr=self.lr, clip=self.clip)
+        check_above(0, lr=self.lr, clip=self.clip, lr_decay=self.lr_decay)
+        if self.lr_decay > 1:
+            raise UserError(f"--lr-decay must be at most 1, got {self.lr_decay}")
 
 
 def _flag(name: str) -> str:
@@ -232,13 +235,16 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dis
         with torch.no_grad():
             valid = task.validate(model)
         model.train()
-        record = {"epoch": epoch + 1, **stats, **{f"valid_{k}": v for k, v in valid.items()}}
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats,
+                  **{f"valid_{k}": v for k, v in valid.items()}}
         history.epochs.append(record)
         improved = valid["score"] > history.best_score
         if improved:
             history.best_score, history.best_epoch, stale = valid["score"], epoch, 0
         else:
             stale += 1
+            for group in optimizer.param_groups:  # on a plateau, smaller steps (the optimizer state keeps it)
+                group["lr"] *= cfg.lr_decay
         if env.main:
             log.info("epoch %d %s%s", epoch + 1, json.dumps({k: round(v, 4) for k, v in record.items()}),
                      " (best)" if improved else "")

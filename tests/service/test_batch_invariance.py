@@ -29,6 +29,7 @@ TOLERANCE = 1e-5
 CLASSIFIERS = ("sentiment", "sentiment-int8", "reviews", "reviews-int8")
 TRANSLATORS = ("en-de", "numbers", "numbers-int8")
 TAGGERS = ("atis", "flights", "flights-int8")
+LMS = ("captions-lm", "animals")
 
 
 def held_out_texts(version: Path, count: int, seed: int) -> list[str]:
@@ -40,7 +41,7 @@ def held_out_texts(version: Path, count: int, seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, classifier_version, translator_version, tagger_version):
+def served(tmp_path_factory, classifier_version, translator_version, tagger_version, lm_version):
     """The bundled models as they ship (sentiment and atis fp32, en-de int8), sentiment quantized here, and the tiny
     models in fp32 and int8."""
     root = tmp_path_factory.mktemp("invariance")
@@ -48,13 +49,15 @@ def served(tmp_path_factory, classifier_version, translator_version, tagger_vers
     shutil.copytree(resolve_version_dir(BUNDLED / "sentiment"), repo / "sentiment" / "1")
     shutil.copytree(resolve_version_dir(BUNDLED / "en-de"), repo / "en-de" / "1")
     shutil.copytree(resolve_version_dir(BUNDLED / "atis"), repo / "atis" / "1")
+    shutil.copytree(resolve_version_dir(BUNDLED / "captions-lm"), repo / "captions-lm" / "1")
+    shutil.copytree(lm_version, repo / "animals" / "1")
     shutil.copytree(classifier_version, repo / "reviews" / "1")
     shutil.copytree(translator_version, repo / "numbers" / "1")
     shutil.copytree(tagger_version, repo / "flights" / "1")
     for name in ("sentiment", "reviews", "numbers", "flights"):
         quantize_version(repo / name / "1", version=1, out=repo / f"{name}-int8", calibration_size=128)
     texts = {name: held_out_texts(repo / name / "1", 32, seed=len(name))
-             for name in (*CLASSIFIERS, *TRANSLATORS, *TAGGERS)}
+             for name in (*CLASSIFIERS, *TRANSLATORS, *TAGGERS, *LMS)}
     server = ProcessServer(repo, root / "server.log", max_queue_delay_ms="20")
     yield server, texts
     assert server.stop() == 0
@@ -101,6 +104,43 @@ def same_tagging(alone: dict, other: dict) -> None:
 def same_translation(alone: dict, other: dict) -> None:
     assert other["translation"] == alone["translation"]
     assert other["score"] == pytest.approx(alone["score"], abs=TOLERANCE)
+
+
+def same_lm_answer(alone: dict, other: dict) -> None:
+    if "token_ids" in alone:  # a seeded generation: the same tokens
+        assert other["token_ids"] == alone["token_ids"]
+        assert other["log_probs"] == pytest.approx(alone["log_probs"], abs=1e-4)
+    elif "suggestions" in alone:
+        assert [s["word"] for s in other["suggestions"]] == [s["word"] for s in alone["suggestions"]]
+        assert [s["probability"] for s in other["suggestions"]] == pytest.approx(
+            [s["probability"] for s in alone["suggestions"]], rel=1e-4)
+    else:
+        assert other["tokens"] == alone["tokens"]
+        assert other["log_probs"] == pytest.approx(alone["log_probs"], abs=1e-4)
+
+
+@pytest.mark.parametrize("path", ["/v1/score", "/v1/complete", "/v1/generate"])
+@pytest.mark.parametrize("model", LMS)
+def test_a_language_models_answer_does_not_depend_on_its_batch(served, model, path):
+    """Scores, completions and seeded samples alone, in one request with others, and one request each at once (the
+    scheduler admitting and retiring them at every iteration)."""
+    server, texts = served
+    url = f"{server.url}{path}"
+    options = {"/v1/complete": {"k": 3}, "/v1/generate": {"max_tokens": 12, "seed": 5, "temperature": 0.9}}
+    prompts = [t[: max(1, len(t) // 2)] for t in texts[model][:16]]  # prefixes, many ending inside a word
+    alone = {}
+    for text in prompts:
+        response = httpx.post(url, json={"model": model, "texts": [text], **options.get(path, {})}, timeout=60)
+        assert response.status_code == 200, response.text
+        alone[text] = response.json()["results"][0]
+    for batch in random_batches(prompts, random.Random(f"{model}{path}")):
+        results = httpx.post(url, json={"model": model, "texts": batch, **options.get(path, {})},
+                             timeout=60).json()["results"]
+        for text, result in zip(batch, results, strict=True):
+            same_lm_answer(alone[text], result)
+    answers = asyncio.run(post_all(url, [{"model": model, "texts": [t], **options.get(path, {})} for t in prompts]))
+    for text, answer in zip(prompts, answers, strict=True):
+        same_lm_answer(alone[text], answer["results"][0])
 
 
 @pytest.mark.parametrize("model", CLASSIFIERS)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from service.engine.classifier import ClassifierRuntime
+from service.engine.lm import LMRuntime, SampleOptions
 from service.engine.repository import read_config, resolve_version_dir
 from service.engine.tagger import TaggerRuntime
 from service.engine.translator import DecodeOptions, TranslatorRuntime
@@ -28,7 +29,8 @@ def bundled(tmp_path_factory):
 
 def test_the_bundled_models_serve_and_describe_themselves(bundled):
     assert httpx.get(f"{bundled.url}/v2/health/ready", timeout=10).status_code == 200
-    models = (("sentiment", "classifier", "1"), ("en-de", "translator", "2"), ("atis", "tagger", "1"))
+    models = (("sentiment", "classifier", "1"), ("en-de", "translator", "2"), ("atis", "tagger", "1"),
+              ("captions-lm", "lm", "1"))
     for name, kind, version in models:
         meta = httpx.get(f"{bundled.url}/v2/models/{name}", timeout=10).json()
         assert meta["parameters"]["kind"] == kind and meta["versions"] == [version]
@@ -81,3 +83,24 @@ def test_the_atis_tagger_fills_slots_and_intents_and_matches_the_engine(bundled)
         assert [t["score"] for t in served["tokens"]] == pytest.approx([t["score"] for t in engine["tokens"]],
                                                                      abs=1e-6)
         assert served["intent"]["label"] == engine["intent"]["label"]
+
+
+def test_the_captions_lm_suggests_words_scores_and_generates_like_the_engine(bundled):
+    url = bundled.url
+    body = {"model": "captions-lm", "texts": ["A man is ri", "Two dogs are playing in the sn", "A woman in a red "]}
+    riding, snow, after_red = httpx.post(f"{url}/v1/complete", json=body, timeout=30).json()["results"]
+    assert riding["suggestions"][0]["word"] == "riding" and snow["suggestions"][0]["word"] == "snow"
+    assert {s["word"] for s in after_red["suggestions"]} & {"shirt", "dress", "jacket", "hat", "top"}
+    fluent, garbled = httpx.post(f"{url}/v1/score", json={"model": "captions-lm", "texts": [
+        "A man is riding a bike down the street.", "street the down bike a riding is man A."]},
+        timeout=30).json()["results"]
+    assert fluent["perplexity"] < 40 < garbled["perplexity"]
+    version = resolve_version_dir(REPOSITORY / "captions-lm")
+    runtime = LMRuntime(version, read_config(version))
+    generated = httpx.post(f"{url}/v1/generate", json={"model": "captions-lm", "texts": ["A little girl"],
+                                                      "max_tokens": 20, "seed": 3}, timeout=30).json()["results"][0]
+    engine = runtime.generate(["A little girl"], SampleOptions(max_tokens=20, seed=3))[0]
+    assert generated["token_ids"] == engine.token_ids
+    assert [s["word"] for s in riding["suggestions"]] == [w for w, _ in runtime.complete(["A man is ri"])[0].words]
+    metrics = json.loads((version / "metrics.json").read_text())
+    assert metrics["test"]["perplexity"] <= 0.75 * metrics["test"]["reference"]["perplexity"]

@@ -43,3 +43,31 @@ def test_init_distributed_sets_the_cuda_device_before_training(monkeypatch):
     assert (env.rank, env.world, env.device) == (0, 1, "cuda:0")
     assert chosen == [torch.device("cuda:0")]
     assert loop.init_distributed("cpu").device == "cpu" and len(chosen) == 1
+
+
+class _FlatTask:
+    """A task whose validation never improves after the first epoch."""
+
+    unit = "examples"
+
+    def __init__(self) -> None:
+        self.epochs = 0
+
+    def train_batches(self, epoch, batch_size):
+        return [{"x": torch.ones(4, 2)}]
+
+    def step(self, model, batch):
+        return model(batch["x"]).pow(2).mean(), 4
+
+    def validate(self, model):
+        self.epochs += 1
+        return {"score": 1.0 if self.epochs == 1 else 0.5}
+
+
+@pytest.mark.parametrize(("decay", "rates"), [(1.0, [0.1, 0.1, 0.1]), (0.5, [0.1, 0.1, 0.05])])
+def test_the_learning_rate_decays_after_each_epoch_without_improvement(tmp_path, decay, rates):
+    cfg = loop.TrainConfig(epochs=3, lr=0.1, patience=5, lr_decay=decay)
+    history = loop.fit(torch.nn.Linear(2, 1), _FlatTask(), cfg, tmp_path, loop.Dist())
+    assert [e["lr"] for e in history.epochs] == pytest.approx(rates)  # each epoch trained at its rate
+    with pytest.raises(UserError, match="--lr-decay"):
+        loop.TrainConfig(lr_decay=1.5)
