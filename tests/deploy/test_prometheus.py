@@ -147,7 +147,7 @@ def test_real_prometheus_counts_requests_and_computes_p99(make_server: Any,
         prom.query(expr.replace("$__rate_interval", "1m").replace("$model", ".*"))
     for metric, label in template_variables().values():  # Grafana asks the label-values API for these
         values = httpx.get(f"{prom.url}/api/v1/label/{label}/values", params={"match[]": metric}, timeout=10)
-        assert set(values.json()["data"]) == {"reviews", "numbers", "flights"}, values.text
+        assert set(values.json()["data"]) == {"reviews", "numbers", "flights", "animals"}, values.text
 
     def evaluated_rules() -> list[dict[str, Any]]:
         groups = httpx.get(f"{prom.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
