@@ -189,27 +189,32 @@ class ScoreSearch:
 def choose_token(log_probs: np.ndarray, options: SampleOptions, rng: np.random.Generator) -> int:
     """One token from a row's log-probs: argmax at temperature 0, else a draw after temperature, top-k and top-p.
 
-    Candidates are ordered by probability, then id, so the choice depends only on the row's values and the draw."""
+    The choice depends only on the row's values and the draw: candidates kept by top-k or top-p are ordered by
+    probability, then id; with neither, the draw walks the vocabulary in id order (no sort: the common case)."""
     banned = list(NEVER_GENERATED) + ([EOS_ID] if options.ignore_eos else [])
     logits = log_probs.astype(np.float64)
     logits[banned] = -np.inf
     if options.temperature == 0:
         return int(np.argmax(logits))
-    logits = logits / options.temperature
-    candidates = np.flatnonzero(np.isfinite(logits))
-    if options.top_k and options.top_k < len(candidates):
-        kth = np.partition(logits[candidates], len(candidates) - options.top_k)[len(candidates) - options.top_k]
-        candidates = candidates[logits[candidates] >= kth]
-    order = candidates[np.lexsort((candidates, -logits[candidates]))]
-    if options.top_k:
-        order = order[: options.top_k]
-    probs = np.exp(logits[order] - logits[order[0]])
-    probs /= probs.sum()
+    logits /= options.temperature
+    if options.top_k and options.top_k < len(logits) - len(banned):
+        top = np.argpartition(-logits, options.top_k - 1)[: options.top_k]
+        kth = logits[top].min()
+        top = np.flatnonzero(logits >= kth)  # every tie at the k-th value, then the lowest ids among them
+        order = top[np.lexsort((top, -logits[top]))][: options.top_k]
+    elif options.top_p < 1.0:
+        order = np.argsort(-logits, kind="stable")  # by probability, equal ones by id
+    else:
+        order = np.arange(len(logits))
+    probs = np.exp(logits[order] - logits[order].max())
     cumulative = np.cumsum(probs)
     if options.top_p < 1.0:
-        keep = int(np.searchsorted(cumulative, options.top_p)) + 1  # the fewest whose mass reaches top_p
-        order, cumulative = order[:keep], cumulative[:keep] / cumulative[min(keep, len(cumulative)) - 1]
-    u = rng.random()
+        if not (options.top_k and options.top_k < len(logits) - len(banned)):
+            order = order[: np.count_nonzero(np.isfinite(logits))]
+            cumulative = cumulative[: len(order)]
+        keep = int(np.searchsorted(cumulative, options.top_p * cumulative[-1])) + 1  # fewest reaching top_p
+        order, cumulative = order[:keep], cumulative[:keep]
+    u = rng.random() * cumulative[-1]
     return int(order[min(int(np.searchsorted(cumulative, u, side="right")), len(order) - 1)])
 
 
@@ -248,8 +253,8 @@ class SampleSearch:
             return np.zeros(0, dtype=np.int64)
         self._tokens.append(y)
         self._log_probs.append(float(log_probs[0, y]))
-        self._text = self._decode(self._tokens)
-        if self.options.stop:
+        if self.options.stop:  # the text so far is needed only to look for them
+            self._text = self._decode(self._tokens)
             cut = min((i for i in (self._text.find(s) for s in self.options.stop) if i >= 0), default=-1)
             if cut >= 0:
                 self._text, self.done, self.finish_reason = self._text[:cut], True, "stop"
@@ -274,7 +279,8 @@ class SampleSearch:
         return self._tokens[:n]
 
     def result(self) -> Generation:
-        return Generation(self._text, list(self._tokens), list(self._log_probs), self.finish_reason, self.seed,
+        text = self._text if self.options.stop else self._decode(self._tokens)
+        return Generation(text, list(self._tokens), list(self._log_probs), self.finish_reason, self.seed,
                           self.prompt_tokens, self.encoder)
 
 
