@@ -82,8 +82,8 @@ demo-atis: setup
 # a Kneser-Ney reference on the same tokens in metrics.json (docs/lm.md).
 demo-captions-lm: setup
 	$(BIN)/seqserve train lm --data multi30k --lang en --out model_repository/captions-lm --version 1 --overwrite \
-		--work-dir runs/captions-lm --vocab-size 3000 --emb-dim 200 --hidden 512 --dropout 0.4 --epochs 25 \
-		--patience 4 --lr-decay 0.5 --weights-dtype float16 $(LM_FLAGS)
+		--work-dir runs/captions-lm --vocab-size 3000 --emb-dim 200 --hidden 512 --dropout 0.4 --epochs 24 \
+		--patience 4 --lr-decay 0.7 --lr-decay-from 13 --weights-dtype float16 $(LM_FLAGS)
 
 # Elman, Jordan, LSTM and GRU taggers on ATIS with the same size and budget (not bundled; about an hour on 2 cores):
 # docs/benchmarks/tagger-cells.md.

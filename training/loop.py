@@ -48,10 +48,11 @@ class TrainConfig:
     device: str = "cpu"
     max_steps: int = 0  # 0 = no limit; a small number makes a dry run
     lr_decay: float = 1.0  # the learning rate is multiplied by this after an epoch without improvement (1: never)
+    lr_decay_from: int = 0  # from this epoch on, after every epoch instead (Zaremba et al. 2014's schedule); 0: never
 
     def __post_init__(self) -> None:
         check_at_least(1, epochs=self.epochs, batch_size=self.batch_size, patience=self.patience)
-        check_at_least(0, weight_decay=self.weight_decay, seed=self.seed)
+        check_at_least(0, weight_decay=self.weight_decay, seed=self.seed, lr_decay_from=self.lr_decay_from)
         check_above(0, lr=self.lr, clip=self.clip, lr_decay=self.lr_decay)
         if self.lr_decay > 1:
             raise UserError(f"--lr-decay must be at most 1, got {self.lr_decay}")
@@ -243,7 +244,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dis
             history.best_score, history.best_epoch, stale = valid["score"], epoch, 0
         else:
             stale += 1
-            for group in optimizer.param_groups:  # on a plateau, smaller steps (the optimizer state keeps it)
+        if (epoch + 1 >= cfg.lr_decay_from) if cfg.lr_decay_from else not improved:
+            for group in optimizer.param_groups:  # smaller steps from now on (the optimizer state keeps them)
                 group["lr"] *= cfg.lr_decay
         if env.main:
             log.info("epoch %d %s%s", epoch + 1, json.dumps({k: round(v, 4) for k, v in record.items()}),

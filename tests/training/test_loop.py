@@ -46,12 +46,12 @@ def test_init_distributed_sets_the_cuda_device_before_training(monkeypatch):
 
 
 class _FlatTask:
-    """A task whose validation never improves after the first epoch."""
+    """A task whose validation never improves after the first epoch (or, `improving`, always does)."""
 
     unit = "examples"
 
-    def __init__(self) -> None:
-        self.epochs = 0
+    def __init__(self, improving: bool = False) -> None:
+        self.epochs, self.improving = 0, improving
 
     def train_batches(self, epoch, batch_size):
         return [{"x": torch.ones(4, 2)}]
@@ -61,13 +61,15 @@ class _FlatTask:
 
     def validate(self, model):
         self.epochs += 1
-        return {"score": 1.0 if self.epochs == 1 else 0.5}
+        return {"score": float(self.epochs) if self.improving else 1.0 if self.epochs == 1 else 0.5}
 
 
-@pytest.mark.parametrize(("decay", "rates"), [(1.0, [0.1, 0.1, 0.1]), (0.5, [0.1, 0.1, 0.05])])
-def test_the_learning_rate_decays_after_each_epoch_without_improvement(tmp_path, decay, rates):
-    cfg = loop.TrainConfig(epochs=3, lr=0.1, patience=5, lr_decay=decay)
-    history = loop.fit(torch.nn.Linear(2, 1), _FlatTask(), cfg, tmp_path, loop.Dist())
+@pytest.mark.parametrize(("decay", "start", "improving", "rates"), [
+    (1.0, 0, False, [0.1, 0.1, 0.1, 0.1]), (0.5, 0, False, [0.1, 0.1, 0.05, 0.025]),
+    (0.5, 0, True, [0.1, 0.1, 0.1, 0.1]), (0.5, 2, True, [0.1, 0.1, 0.05, 0.025])])
+def test_the_learning_rate_decays_on_plateaus_or_from_an_epoch_on(tmp_path, decay, start, improving, rates):
+    cfg = loop.TrainConfig(epochs=4, lr=0.1, patience=5, lr_decay=decay, lr_decay_from=start)
+    history = loop.fit(torch.nn.Linear(2, 1), _FlatTask(improving), cfg, tmp_path, loop.Dist())
     assert [e["lr"] for e in history.epochs] == pytest.approx(rates)  # each epoch trained at its rate
     with pytest.raises(UserError, match="--lr-decay"):
         loop.TrainConfig(lr_decay=1.5)
