@@ -165,6 +165,8 @@ class VersionWriter:
         lines += ["", "## Evaluation (ONNX model, as served)", ""]
         for split, figures in metrics.items():
             summary = {k: round(v, 4) for k, v in figures.items() if isinstance(v, int | float)}
+            summary.update({f"{k}.{inner}": round(v, 4) for k, nested in figures.items() if isinstance(nested, dict)
+                            for inner, v in nested.items() if isinstance(v, int | float)})  # e.g. a reference's
             lines.append(f"- {split}: {summary}")
         if not metrics:
             lines.append(f"Not evaluated yet: run `seqserve evaluate {self.path}`.")
