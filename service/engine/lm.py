@@ -218,6 +218,28 @@ def choose_token(log_probs: np.ndarray, options: SampleOptions, rng: np.random.G
     return int(order[min(int(np.searchsorted(cumulative, u, side="right")), len(order) - 1)])
 
 
+def draw_rows(log_probs: np.ndarray, options: Sequence[SampleOptions], rngs: Sequence[np.random.Generator]
+              ) -> np.ndarray:
+    """`choose_token` for many rows at once, when none asks for top-k or top-p: the same arithmetic row by row (an
+    elementwise exp, a cumulative sum along the row, one draw from each row's own generator), so each row gets the
+    token it would get alone."""
+    logits = log_probs.astype(np.float64)
+    logits[:, list(NEVER_GENERATED)] = -np.inf
+    logits[[i for i, o in enumerate(options) if o.ignore_eos], EOS_ID] = -np.inf
+    temperature = np.array([o.temperature for o in options])
+    tokens = np.empty(len(options), dtype=np.int64)
+    greedy = temperature == 0
+    if greedy.any():
+        tokens[greedy] = np.argmax(logits[greedy], axis=1)
+    hot = np.flatnonzero(~greedy)
+    if len(hot):
+        z = logits[hot] / temperature[hot, None]
+        cumulative = np.cumsum(np.exp(z - z.max(axis=1, keepdims=True)), axis=1)
+        u = np.array([rngs[i].random() for i in hot.tolist()]) * cumulative[:, -1]
+        tokens[hot] = np.minimum((cumulative <= u[:, None]).sum(axis=1), logits.shape[1] - 1)
+    return tokens
+
+
 class SampleSearch:
     """One continuation, a token per step, until max_tokens, a stop string or EOS."""
 
@@ -246,13 +268,21 @@ class SampleSearch:
     def _decode(self, ids: Sequence[int]) -> str:
         return str(self.encoder.tokenizer.decode(list(ids), skip_special_tokens=True))
 
+    @property
+    def plain(self) -> bool:
+        """Sampled without top-k or top-p: `draw_rows` can draw its token with other rows'."""
+        return not self.options.top_k and self.options.top_p >= 1.0
+
     def advance(self, log_probs: np.ndarray) -> np.ndarray:
-        y = choose_token(log_probs[0], self.options, self.rng)
+        return self.take(choose_token(log_probs[0], self.options, self.rng), log_probs[0])
+
+    def take(self, y: int, log_probs: np.ndarray) -> np.ndarray:
+        """Append the chosen token (its log-prob read from the row's `log_probs`); -> the next row's parent."""
         if y == EOS_ID:
             self.done, self.finish_reason = True, "eos"
             return np.zeros(0, dtype=np.int64)
         self._tokens.append(y)
-        self._log_probs.append(float(log_probs[0, y]))
+        self._log_probs.append(float(log_probs[y]))
         if self.options.stop:  # the text so far is needed only to look for them
             self._text = self._decode(self._tokens)
             cut = min((i for i in (self._text.find(s) for s in self.options.stop) if i >= 0), default=-1)
@@ -466,11 +496,17 @@ class LMBatch:
             return
         tokens = np.concatenate([s.tokens() for s in live])
         log_probs, states = self.runner.step(tokens, self.states)
-        follow, start = [], 0
-        for s in live:
-            n = s.rows
-            follow.append(start + s.advance(log_probs[start: start + n]))
-            start += n
+        starts = np.cumsum([0, *(s.rows for s in live)])[:-1]
+        plain = {i: s for i, s in enumerate(live) if isinstance(s, SampleSearch) and s.plain}
+        drawn: dict[int, int] = {}
+        if plain:  # one vectorized draw for every plain sampler's row
+            rows = starts[list(plain)]
+            drawn = dict(zip(plain, draw_rows(log_probs[rows], [p.options for p in plain.values()],
+                                              [p.rng for p in plain.values()]).tolist(), strict=True))
+        follow = []
+        for i, (s, start) in enumerate(zip(live, starts, strict=True)):
+            own = log_probs[start: start + s.rows]
+            follow.append(start + (plain[i].take(drawn[i], own[0]) if i in plain else s.advance(own)))
         index = np.concatenate(follow)
         self.states = {k: v[index] for k, v in states.items()}
 

@@ -12,7 +12,7 @@ import pytest
 
 from service.batching.lm import LMEngine
 from service.batching.scheduler import ContinuousScheduler
-from service.engine.lm import LMRuntime, SampleOptions, WordSearch, choose_token, split_partial
+from service.engine.lm import LMRuntime, SampleOptions, WordSearch, choose_token, draw_rows, split_partial
 from service.engine.repository import read_config
 from service.engine.text import BOS_ID, EOS_ID
 from service.metrics import Metrics
@@ -74,6 +74,18 @@ def test_choose_token_obeys_temperature_top_k_and_top_p():
     assert EOS_ID not in [choose_token(log_probs, SampleOptions(ignore_eos=True), rng) for _ in range(300)]
     cold = [choose_token(log_probs, SampleOptions(temperature=0.1), rng) for _ in range(200)]
     assert cold.count(4) > 190
+
+
+def test_rows_drawn_together_get_the_tokens_they_would_get_alone():
+    rng = np.random.default_rng(7)
+    log_probs = np.log(rng.dirichlet(np.ones(500), size=40)).astype(np.float32)
+    options = [SampleOptions(temperature=t, ignore_eos=bool(i % 3 == 0), seed=i)
+               for i, t in enumerate(rng.choice([0.0, 0.5, 1.0, 2.0], size=40))]
+    for _ in range(5):
+        together = draw_rows(log_probs, options, [np.random.default_rng(o.seed) for o in options])
+        alone = [choose_token(row, o, np.random.default_rng(o.seed)) for row, o in zip(log_probs, options, strict=True)]
+        assert together.tolist() == alone
+        log_probs = np.roll(log_probs, 1, axis=1)
 
 
 def test_generation_stops_at_max_tokens_eos_or_a_stop_string(runtime):
