@@ -184,8 +184,6 @@ router.add_api_route("/score", score, methods=["POST"], response_model=ScoreResp
                      summary="Score texts: log-probabilities and perplexity", openapi_extra=body_doc(ScoreRequest))
 
 
-@router.post("/generate", response_model=GenerateResponse, summary="Continue texts",
-             openapi_extra=body_doc(GenerateRequest))
 async def generate(request: Request) -> Any:
     """Sampled (or, at temperature 0, greedy) continuations with their tokens and log-probabilities."""
     await require_inference_key(request)
@@ -195,7 +193,11 @@ async def generate(request: Request) -> Any:
     model, answer = await _answer(request, body, options, generation)
     request.app.state.metrics.tokens.labels(model.name, "output").inc(
         sum(len(r["token_ids"]) for r in answer["results"]))
-    return answer
+    return json_response(answer)
+
+
+router.add_api_route("/generate", generate, methods=["POST"], response_model=GenerateResponse,
+                     summary="Continue texts", openapi_extra=body_doc(GenerateRequest))
 
 
 @router.post("/generate/stream", summary="Continue one text, streaming tokens as Server-Sent Events",
@@ -242,5 +244,5 @@ def v2_options(params: dict[str, Any], settings: Settings) -> LMOptions:
 
 
 KIND = ApiKind(KIND_NAME, router, v1_paths=("/v1/complete", "/v1/generate", "/v1/generate/stream", "/v1/score"),
-               v2_options=v2_options, fast=(FastRoute("/v1/complete", complete),),
+               v2_options=v2_options, fast=(FastRoute("/v1/complete", complete), FastRoute("/v1/generate", generate)),
                bodies=(CompleteRequest, GenerateRequest, GenerateStreamRequest, ScoreRequest))
