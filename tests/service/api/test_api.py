@@ -179,6 +179,20 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def sse_events(url: str, path: str, body: dict[str, Any], **kwargs: Any) -> list[tuple[str, dict[str, Any]]]:
+    """A stream route's events, (event, data), read to the end."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    event = ""
+    with httpx.stream("POST", f"{url}{path}", json=body, timeout=30, **kwargs) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line[6:])))
+    return events
+
+
 def leave_a_stream(url: str, runner: Any, path: str, body: dict[str, Any], model: str) -> str:
     """Slow the runner's steps, read a stream up to its first token and leave; -> /metrics once the scheduler has
     counted the client gone (or after 10 s)."""

@@ -3,14 +3,12 @@ real tritonclient, bad input, the scheduler modes, and a client that leaves mid-
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from tests.service.api.test_api import leave_a_stream, metric
+from tests.service.api.test_api import leave_a_stream, metric, sse_events
 
 
 def post(url: str, path: str, **body: object) -> httpx.Response:
@@ -18,15 +16,7 @@ def post(url: str, path: str, **body: object) -> httpx.Response:
 
 
 def stream(url: str, body: dict) -> list[tuple[str, dict]]:
-    events, event = [], None
-    with httpx.stream("POST", f"{url}/v1/generate/stream", json=body, timeout=30) as response:
-        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                events.append((event, json.loads(line[6:])))
-    return events
+    return sse_events(url, "/v1/generate/stream", body)
 
 
 def test_complete_suggests_words_and_completes_the_one_being_typed(make_server):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import threading
 
@@ -18,7 +17,7 @@ from service.engine.translator import DecodeOptions, TranslatorRuntime
 from service.metrics import Metrics
 from service.serving.translator import TranslateItem
 from tests.conftest import synthetic_pairs
-from tests.service.api.test_api import leave_a_stream, metric
+from tests.service.api.test_api import leave_a_stream, metric, sse_events
 
 # ---- policy (pure functions) ----
 
@@ -116,16 +115,7 @@ def test_row_buffers_keep_each_request_its_own_rows_as_requests_come_and_go(runt
 
 
 def stream(url: str, body: dict, **kwargs) -> list[tuple[str, dict]]:
-    events = []
-    with httpx.stream("POST", f"{url}/v1/translate/stream", json=body, timeout=30, **kwargs) as response:
-        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
-        event = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                events.append((event, json.loads(line[6:])))
-    return events
+    return sse_events(url, "/v1/translate/stream", body, **kwargs)
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
