@@ -13,7 +13,7 @@ ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_CERT
 RUN python3 -m venv /opt/seqserve && /opt/seqserve/bin/pip install --upgrade pip setuptools wheel
-COPY pyproject.toml README.md constraints-serve.txt ./
+COPY pyproject.toml setup.py README.md constraints-serve.txt ./
 COPY service ./service
 COPY cli ./cli
 COPY bench ./bench
@@ -35,7 +35,7 @@ ENV PATH=/opt/seqserve/bin:$PATH \
     SEQSERVE_PORT=8000
 WORKDIR /tmp
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ.get('SEQSERVE_PORT', '8000'), timeout=2)"]
 # SIGTERM: stop accepting, drain in-flight work within SEQSERVE_DRAIN_TIMEOUT_S, exit 0.

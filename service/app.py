@@ -1,19 +1,23 @@
-"""Assembles the service, outermost first: the service middleware (and CORS when on), the fast-route
-dispatcher, then the FastAPI app with every route; settings, model manager and metrics are made here once."""
+"""Assembles the service, outermost first: the service middleware (then tracing and CORS when on), the fast-route
+dispatcher, then the FastAPI app with every route; settings, model manager and metrics are made here once. The
+gRPC server (when a port is set) starts with the app, once the models are loaded, and stops before they close."""
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api import demo, errors, v2
+from service import tracing
+from service.api import demo, errors, grpc_v2, v2
 from service.api.body import document_bodies
 from service.api.fastpath import FastPath
 from service.api.kinds import API_KINDS
@@ -34,26 +38,42 @@ class ServiceApp:
     def __init__(self, api: FastAPI, fast: FastPath | None, stack: ASGIApp) -> None:
         self.api, self.fast, self.state, self._stack = api, fast, api.state, stack
 
+    @property
+    def grpc_port(self) -> int | None:
+        """The bound gRPC port once started (SEQSERVE_GRPC_PORT, or the free one picked for 0), else None."""
+        server: grpc_v2.GrpcServer | None = self.state.grpc
+        return None if server is None else server.port
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._stack(scope, receive, send)
 
 
-def create_api(settings: Settings, manager: ModelManager, metrics: Metrics) -> FastAPI:
+def create_api(settings: Settings, manager: ModelManager, metrics: Metrics, provider: Any = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.load_all()
+        if app.state.grpc is not None:
+            await app.state.grpc.start()
         settle_heap()
         app.state.started = True
         log.info("ready: %s", ", ".join(f"{m.name} v{m.version}" for m in manager.models.values()) or "no models")
         yield
         app.state.started = False
+        if app.state.grpc is not None:
+            await app.state.grpc.stop()
         await manager.close()
+        if provider is not None:
+            provider.shutdown()  # exports what is left
         gc.unfreeze()
 
     api = FastAPI(title="seqserve", version=v2.SERVER_VERSION, lifespan=lifespan,
                   description="Recurrent NLP models (classification, translation) on ONNX Runtime. "
                               "REST under /v1, Open Inference Protocol v2 under /v2, metrics at /metrics.")
     api.state.settings, api.state.metrics, api.state.manager, api.state.started = settings, metrics, manager, False
+    api.state.grpc = None
+    if settings.grpc_port is not None:
+        service = grpc_v2.InferenceService(settings, manager, metrics, lambda: bool(api.state.started))
+        api.state.grpc = grpc_v2.GrpcServer(service, settings)
     for kind in API_KINDS.values():
         api.include_router(kind.router)
     api.include_router(v2.router)
@@ -69,17 +89,64 @@ def create_api(settings: Settings, manager: ModelManager, metrics: Metrics) -> F
     return api
 
 
-def create_app(settings: Settings, fast_routes: bool = True) -> ServiceApp:
-    """`fast_routes=False` leaves every request to the framework's routes (the fast routes' twins)."""
+def tracer_provider(settings: Settings) -> Any:
+    """An OpenTelemetry tracer provider exporting over OTLP in batches, when an endpoint is set; else None."""
+    endpoint = settings.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") \
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not endpoint:
+        return None
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    protocol = settings.otlp_protocol or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    exporter: Any
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        exporter = GrpcExporter(endpoint=settings.otlp_endpoint) if settings.otlp_endpoint else GrpcExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        given = settings.otlp_endpoint
+        if given and not given.rstrip("/").endswith("/v1/traces"):  # a base URL, as the variable holds
+            given = given.rstrip("/") + "/v1/traces"
+        exporter = HttpExporter(endpoint=given) if given else HttpExporter()
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "seqserve"),
+                                "service.version": v2.SERVER_VERSION})
+    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    log.info("tracing: OTLP %s to %s, sampling %g of new traces", protocol, settings.otlp_endpoint or endpoint,
+             settings.trace_sample_ratio)
+    return provider
+
+
+def create_app(settings: Settings, fast_routes: bool = True, provider: Any = None) -> ServiceApp:
+    """`fast_routes=False` leaves every request to the framework's routes (the fast routes' twins). `provider`:
+    an OpenTelemetry tracer provider to trace with (default: one for the settings' OTLP endpoint, or none)."""
     metrics = Metrics()
     manager = ModelManager(settings, metrics)
-    api = create_api(settings, manager, metrics)
+    owned = provider is None
+    provider = provider if provider is not None else tracer_provider(settings)
+    tracing.configure(None if provider is None else provider.get_tracer("seqserve", v2.SERVER_VERSION))
+    api = create_api(settings, manager, metrics, provider if owned else None)
     fast = FastPath(api, [r for kind in API_KINDS.values() for r in kind.fast] + list(v2.FAST)) if fast_routes \
         else None
     inner: ASGIApp = fast or api
     if settings.cors_origins:
         inner = CORSMiddleware(inner, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                                allow_headers=["*"])
+    if provider is not None:
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        def request_id(span: Any, scope: Scope) -> None:
+            if span is not None and span.is_recording():
+                span.set_attribute("seqserve.request_id", scope.get("state", {}).get("request_id", ""))
+
+        inner = OpenTelemetryMiddleware(inner, tracer_provider=provider, exclude_spans=["receive", "send"],
+                                        excluded_urls="/metrics,/v2/health,/docs,/openapi.json",
+                                        server_request_hook=request_id)
     stack = ServiceMiddleware(inner, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                               shed=edge_shedding(settings, manager), retry_after_s=settings.retry_after_s,
                               max_header_bytes=settings.max_header_bytes, max_headers=settings.max_headers,

@@ -19,14 +19,26 @@ log = logging.getLogger("seqserve.server")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
-def configure_logging(level: str) -> None:
+def log_formatter(log_format: str) -> logging.Formatter:
+    """Text (the default), or one JSON object a line: time, level, logger, message and request id, and on access
+    lines endpoint, model, version, status and latency_ms (python-json-logger; request texts stay out, as in text)."""
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        return JsonFormatter("{levelname}{name}{message}{request_id}", style="{", timestamp="time",
+                             rename_fields={"levelname": "level", "name": "logger"}, json_ensure_ascii=False)
+    return logging.Formatter(LOG_FORMAT)
+
+
+def configure_logging(level: str, log_format: str = "text", access_log: bool = False) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(log_formatter(log_format))
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("seqserve.access").setLevel("WARNING" if level == "info" else level.upper())
+    quiet = level == "info" and not access_log  # a line per request costs throughput: asked for, or at debug
+    logging.getLogger("seqserve.access").setLevel("WARNING" if quiet else level.upper())
 
 
 def tune_interpreter(settings: Settings) -> None:
@@ -82,7 +94,7 @@ def uvicorn_config(app: Any, settings: Settings, open_files: int | None = None) 
 
 
 def serve(settings: Settings) -> None:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
     tune_interpreter(settings)
     open_files = raise_open_file_limit()
     config = uvicorn_config(create_app(settings), settings, open_files)

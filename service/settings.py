@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     models: list[str] = Field(default_factory=list, description="subset of models to load (default: all)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="also serve OIP v2 over gRPC on this port "
+                                  "(0: any free port; default: off)")
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per session (0: onnxruntime "
@@ -66,6 +68,16 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     log_texts: bool = Field(False, description="debug: include request texts in logs")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line (time, level, "
+                                                "logger, message, request id; model, version, status and latency "
+                                                "on access lines)")
+    access_log: bool = Field(False, description="log a line per request at info level (otherwise at debug only)")
+    otlp_endpoint: str | None = Field(None, description="export OpenTelemetry traces to this OTLP endpoint "
+                                      "(default: $OTEL_EXPORTER_OTLP_ENDPOINT; neither set: tracing off)")
+    otlp_protocol: Literal["http/protobuf", "grpc"] | None = Field(None, description="the OTLP transport (default: "
+                                                                   "$OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf)")
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="share of traces recorded when the client sent "
+                                      "no sampling decision (parent-based: a sampled traceparent is always followed)")
 
     @model_validator(mode="after")
     def _beams(self) -> Settings:

@@ -123,8 +123,8 @@ def repo(tmp_path: Path, classifier_version: Path, translator_version: Path, tag
 
 
 class ThreadServer:
-    def __init__(self, settings: Settings, fast_routes: bool = True) -> None:
-        self.app = create_app(settings, fast_routes=fast_routes)
+    def __init__(self, settings: Settings, fast_routes: bool = True, provider: object = None) -> None:
+        self.app = create_app(settings, fast_routes=fast_routes, provider=provider)
         self.url = f"http://127.0.0.1:{settings.port}"
         config = uvicorn_config(self.app, settings.model_copy(update={"host": "127.0.0.1", "drain_timeout_s": 10}))
         self.server = uvicorn.Server(config)

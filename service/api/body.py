@@ -6,11 +6,13 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, ValidationError
 
+from service import tracing
 from service.api.errors import MalformedBody, UnsupportedMedia, describe
 from service.serving.inference import InvalidInput
 from service.settings import Settings
@@ -39,6 +41,13 @@ def parse_json(raw: bytes, model: type[Body]) -> Body:
     client's mistake: 400 when it does not parse, 422 when it does not validate."""
     if not raw.strip():
         raise InvalidInput("body: a JSON object is required")
+    if tracing.enabled():
+        with tracing.span("parse"):
+            return _parse_json(raw, model)
+    return _parse_json(raw, model)
+
+
+def _parse_json(raw: bytes, model: type[Body]) -> Body:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -67,7 +76,8 @@ def _no_constants(name: str) -> Any:
 
 def json_response(content: Any) -> Response:
     """A 200 with compact UTF-8 JSON."""
-    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    with tracing.span("response") if tracing.enabled() else nullcontext():
+        body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
     return Response(body, media_type="application/json")
 
 

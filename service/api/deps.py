@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service import tracing
 from service.errors import UserError
 from service.serving.manager import ModelManager
 from service.serving.served import ServedModel
@@ -39,7 +40,9 @@ def reach(request: Request, name: str | None, version: int | None = None, kind: 
     """The model a request asks for (`ModelManager.get`), recorded on the request for its metrics and logs."""
     manager: ModelManager = request.app.state.manager
     model = manager.get(name, version, kind)
-    request.state.model = model.name
+    request.state.model, request.state.version = model.name, model.version
+    if tracing.enabled():
+        tracing.annotate(model.name, model.version)
     return model
 
 

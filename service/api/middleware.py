@@ -138,13 +138,18 @@ class ServiceMiddleware:
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
         route: Any = scope.get("route")
         endpoint = getattr(route, "path", None) or scope.get("state", {}).get("endpoint", "unmatched")
-        model = scope.get("state", {}).get("model", "")
+        state = scope.get("state", {})
+        model = state.get("model", "")
         if endpoint.startswith(("/v1/", "/v2/models")) or model:
             self.metrics.requests.labels(model, endpoint, str(status)).inc()
             self.metrics.request_latency.labels(model, endpoint).observe(elapsed)
             if status == 503:
                 self.metrics.rejected_latency.labels(model, endpoint).observe(elapsed)
-        log.info("%s %s %d %.1fms", scope.get("method"), endpoint, status, elapsed * 1000)
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s %s %d %.1fms", scope.get("method"), endpoint, status, elapsed * 1000,
+                     extra={"endpoint": endpoint, "method": scope.get("method"), "model": model,
+                            "version": str(state.get("version", "")), "status": status,
+                            "latency_ms": round(elapsed * 1000, 3)})
 
 
 class _Body:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ from service.api.errors import RESPONSES, UnsupportedMedia
 from service.api.kind import FastRoute
 from service.api.kinds import API_KINDS
 from service.api.schemas import V2InferRequest, V2InferResponse, V2Tensor
-from service.serving.inference import InvalidInput, check_texts, run_texts
+from service.serving.inference import InvalidInput, Receive, check_texts, run_texts
 from service.serving.served import ServedModel
 from service.settings import Settings
 
@@ -33,10 +34,13 @@ ModelName = Annotated[str, Path(description="model name", max_length=64)]
 Version = Annotated[int, Path(description="model version", ge=1)]
 
 
+SERVER_METADATA: dict[str, Any] = {"name": "seqserve", "version": SERVER_VERSION,
+                                   "extensions": ["binary_tensor_data", "model_repository"]}
+
+
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "seqserve", "version": SERVER_VERSION,
-            "extensions": ["binary_tensor_data", "model_repository"]}
+    return SERVER_METADATA
 
 
 @router.get("/health/live", summary="Liveness")
@@ -50,7 +54,7 @@ async def ready(request: Request, manager: ManagerDep) -> JSONResponse:
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
-def _metadata(model: ServedModel) -> dict[str, Any]:
+def metadata(model: ServedModel) -> dict[str, Any]:
     return {"name": model.name, "versions": [str(model.version)], "platform": "onnxruntime_onnx",
             "inputs": model.v2_inputs(),
             "outputs": [{"name": o.name, "datatype": o.datatype, "shape": o.shape} for o in model.v2_outputs()],
@@ -59,12 +63,12 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
 
 @router.get("/models/{name}", summary="Model metadata")
 async def model_metadata(name: ModelName, manager: ManagerDep) -> dict[str, Any]:
-    return _metadata(manager.get(name))
+    return metadata(manager.get(name))
 
 
 @router.get("/models/{name}/versions/{number}", summary="Model version metadata")
 async def model_version_metadata(name: ModelName, number: Version, manager: ManagerDep) -> dict[str, Any]:
-    return _metadata(manager.get(name, number))
+    return metadata(manager.get(name, number))
 
 
 @router.get("/models/{name}/ready", summary="Model readiness")
@@ -94,7 +98,18 @@ async def infer(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     model = reach(request, name, None if number is None else int(number))
     body = parse_infer_request(request, raw)
-    texts = check_texts(_texts(body), settings)
+    shaped, wanted = await answer(model, body, settings, lambda timeout_s: deadline_from(request, settings, timeout_s),
+                                  request.receive)
+    binary = _binary_outputs(body, wanted)
+    return _binary_response(shaped, binary) if binary else json_response(shaped)
+
+
+async def answer(model: ServedModel, body: V2InferRequest, settings: Settings,
+                 deadline_of: Callable[[float | None], float | None],
+                 receive: Receive) -> tuple[dict[str, Any], list[str]]:
+    """A v2 infer request's answer (the response body, outputs in the order asked) and the output names, whatever
+    carried it (REST or gRPC). `deadline_of(parameters.timeout in seconds or None)` is the request's deadline."""
+    texts = check_texts(texts_of(body), settings)
     params = body.parameters or {}
     known = {o.name: o for o in model.v2_outputs()}
     wanted = [o.name for o in body.outputs] if body.outputs else None
@@ -103,21 +118,19 @@ async def infer(request: Request) -> Response:
         raise InvalidInput(f"unknown output(s) {unknown}; model {model.name!r} has {sorted(known)}")
     if wanted is not None and len(set(wanted)) != len(wanted):
         raise InvalidInput("outputs: each output may be asked for once; an output was listed more than once")
-    deadline = deadline_from(request, settings, _timeout_s(params))
+    deadline = deadline_of(_timeout_s(params))
     options = API_KINDS[model.kind].v2_options(params, settings)
     produced = model.v2_output_names(options)
     other = [n for n in wanted or () if n not in produced]
     if other:  # e.g. a language model's scores asked for with parameters.task = complete
         raise InvalidInput(f"output(s) {other} do not come with these parameters; they give {produced}")
     wanted = wanted or produced
-    results = await run_texts(model, texts, options, deadline, request.receive, log_texts=settings.log_texts)
+    results = await run_texts(model, texts, options, deadline, receive, log_texts=settings.log_texts)
     tensors = model.v2_tensors(results)
     outputs = [{"name": n, "datatype": known[n].datatype, "shape": tensors[n][1], "data": tensors[n][0]}
                for n in wanted]
-    answer = {"model_name": model.name, "model_version": str(model.version), "id": body.id, "outputs": outputs}
-    shaped = V2InferResponse.model_validate(answer).model_dump(mode="json", exclude_none=True)
-    binary = _binary_outputs(body, wanted)
-    return _binary_response(shaped, binary) if binary else json_response(shaped)
+    response = {"model_name": model.name, "model_version": str(model.version), "id": body.id, "outputs": outputs}
+    return V2InferResponse.model_validate(response).model_dump(mode="json", exclude_none=True), wanted
 
 
 def _binary_outputs(body: V2InferRequest, wanted: list[str]) -> set[str]:
@@ -133,7 +146,7 @@ def _binary_response(shaped: dict[str, Any], binary: set[str]) -> Response:
     blobs, outputs = [], []
     for output in shaped["outputs"]:
         if output["name"] in binary:
-            blob = _pack(output["datatype"], output.pop("data"))
+            blob = pack(output["datatype"], output.pop("data"))
             output["parameters"] = {**output.get("parameters", {}), "binary_data_size": len(blob)}
             blobs.append(blob)
         outputs.append(output)
@@ -142,7 +155,7 @@ def _binary_response(shaped: dict[str, Any], binary: set[str]) -> Response:
                     headers={"Inference-Header-Content-Length": str(len(header))})
 
 
-def _pack(datatype: str, data: list[Any]) -> bytes:
+def pack(datatype: str, data: list[Any]) -> bytes:
     """BYTES as 4-byte little-endian lengths and UTF-8; numbers as little-endian arrays of their type."""
     if datatype == "BYTES":
         encoded = [str(item).encode("utf-8") for item in data]
@@ -197,7 +210,7 @@ FAST = (FastRoute(INFER_PATH, infer, re.compile(r"/v2/models/(?P<name>[^/]+)/inf
                   plain))
 
 
-def _texts(body: V2InferRequest) -> list[str]:
+def texts_of(body: V2InferRequest) -> list[str]:
     if len(body.inputs) != 1 or body.inputs[0].name != "text":
         raise InvalidInput(f"expected one input named 'text', got {[i.name for i in body.inputs]}")
     tensor = body.inputs[0]
@@ -238,11 +251,11 @@ def _attach_binary(inputs: list[V2Tensor], blob: bytes) -> None:
             raise InvalidInput(f"input {tensor.name!r}: binary_data_size does not fit the body")
         if tensor.datatype != "BYTES":
             raise InvalidInput(f"input {tensor.name!r} must have datatype BYTES, got {tensor.datatype!r}")
-        tensor.data = _unpack_bytes(blob[offset:offset + size], tensor.name)
+        tensor.data = unpack_bytes(blob[offset:offset + size], tensor.name)
         offset += size
 
 
-def _unpack_bytes(chunk: bytes, name: str) -> list[str]:
+def unpack_bytes(chunk: bytes, name: str) -> list[str]:
     """BYTES elements: each a 4-byte little-endian length, then that many bytes (UTF-8 here)."""
     items, at = [], 0
     while at < len(chunk):

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from service import tracing
 from service.batching.queue import DeadlineExceeded, Gate, OnTokens, ShuttingDown
 from service.metrics import Metrics
 
@@ -67,6 +68,7 @@ class _Item:
     enqueued: float
     deadline: float | None
     future: asyncio.Future[Any]
+    span: Any = None  # the request's span, when it is traced
 
 
 class DynamicBatcher:
@@ -94,10 +96,10 @@ class DynamicBatcher:
         """Queue every payload or none (all-or-nothing admission); one future per payload. Results come whole,
         once per batch, so `on_tokens` is never called."""
         self.gate.check(len(self._queue), len(payloads))
-        loop, now = asyncio.get_running_loop(), self.clock()
+        loop, now, span = asyncio.get_running_loop(), self.clock(), tracing.current()
         futures = []
         for payload, length in zip(payloads, lengths, strict=True):
-            item = _Item(payload, length, now, deadline, loop.create_future())
+            item = _Item(payload, length, now, deadline, loop.create_future(), span)
             self._queue.append(item)
             futures.append(item.future)
         self.metrics.queue_depth.labels(self.name).set(len(self._queue))
@@ -138,6 +140,8 @@ class DynamicBatcher:
         for item in batch:
             self.metrics.queue_wait.labels(self.name).observe(start - item.enqueued)
         self.metrics.batch_size.labels(self.name).observe(len(batch))
+        span = tracing.batch_started("batch", self.name, [(i.span, i.enqueued) for i in batch if i.span is not None],
+                                     start, **{"seqserve.batch.size": len(batch)}) if tracing.enabled() else None
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self.run, [item.payload for item in batch])
@@ -149,6 +153,8 @@ class DynamicBatcher:
             return
         finally:
             self.metrics.inference.labels(self.name).observe(self.clock() - start)
+            if span is not None:
+                span.end()
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from service import tracing
 from service.batching.queue import DeadlineExceeded, Gate, OnTokens, ShuttingDown
 from service.metrics import Metrics
 
@@ -80,6 +81,8 @@ class SeqRequest:
     search: Any = None  # the engine's per-request state (a search, a sampler)
     sent: int = 0  # certain tokens already reported
     stepped: bool = False  # had its first step
+    span: Any = None  # the request's span, when it is traced
+    admitted: float = 0.0  # when it left the queue
 
     @property
     def gone(self) -> bool:
@@ -173,13 +176,13 @@ class ContinuousScheduler:
     def submit(self, payloads: Sequence[Any], lengths: Sequence[int], deadline: float | None = None,
                on_tokens: OnTokens | None = None) -> list[asyncio.Future[Any]]:
         """Queue every item (what the served model prepared) or none; one future per item."""
-        now = time.monotonic()
+        now, span = time.monotonic(), tracing.current()
         with self._lock:
             self.gate.check(len(self._waiting), len(payloads))
             futures: list[asyncio.Future[Any]] = []
             for item in payloads:
                 future: asyncio.Future[Any] = self._loop.create_future()
-                self._waiting.append(SeqRequest(item, now, deadline, future, on_tokens))
+                self._waiting.append(SeqRequest(item, now, deadline, future, on_tokens, span=span))
                 futures.append(future)
             self.metrics.queue_depth.labels(self.name).set(len(self._waiting))
             self._work.notify()
@@ -238,6 +241,7 @@ class ContinuousScheduler:
         now = time.monotonic()
         for r in admitted:
             self.metrics.queue_wait.labels(self.name).observe(now - r.enqueued)
+            r.admitted = now
         return admitted
 
     def _iterate(self, admitted: list[SeqRequest]) -> list[tuple[SeqRequest, Any]]:
@@ -246,8 +250,15 @@ class ContinuousScheduler:
         if gone:
             self.engine.drop(gone)
             self.metrics.rejections.labels(self.name, "client_gone").inc(len(gone))
-        self.engine.admit(admitted)
-        finished = self.engine.step()
+        span = tracing.batch_started("admit", self.name, [(r.span, r.enqueued) for r in admitted if r.span is not None],
+                                     admitted[0].admitted, **{"seqserve.batch.size": len(admitted)}) \
+            if admitted and tracing.enabled() else None
+        try:
+            self.engine.admit(admitted)
+            finished = self.engine.step()
+        finally:
+            if span is not None:
+                span.end()
         self.engine.drop(finished)
         return [(r, self.engine.finish(r)) for r in finished]
 
@@ -264,6 +275,8 @@ class ContinuousScheduler:
                 continue
             self._stream(r, self.engine.certain(r), now)
         for r, result in finished:
+            if r.span is not None:
+                tracing.interval("decode", r.span, r.admitted, now, **{"seqserve.model": self.name})
             if r.on_tokens is not None:
                 self._stream(r, self.engine.certain(r), now)
             elif not r.stepped:
