@@ -52,8 +52,12 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 60.0) -> int:
 class ServiceProcess:
     """Serves `repo` with `settings` given as `seqserve serve` flags (e.g. scheduler="static"); logs to `log_path`."""
 
-    def __init__(self, repo: Path, log_path: Path, ready_timeout: float = 120.0, **settings: str) -> None:
+    def __init__(self, repo: Path, log_path: Path, ready_timeout: float = 120.0, *, source: Path | None = None,
+                 env: dict[str, str] | None = None, **settings: str) -> None:
+        """`source`: a source tree to run the service from instead of this one (an A/B against another commit);
+        `env`: variables added to this process's environment."""
         self.repo, self.log_path, self.ready_timeout = repo, log_path, ready_timeout
+        self.source, self.env = source, env
         self.flags = [arg for name, value in settings.items() for arg in (f"--{name.replace('_', '-')}", value)]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -64,7 +68,8 @@ class ServiceProcess:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", "serve", "--model-repository", str(self.repo),
-                 "--host", "127.0.0.1", "--port", str(self.port), *self.flags], stdout=log, stderr=subprocess.STDOUT)
+                 "--host", "127.0.0.1", "--port", str(self.port), *self.flags], stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.source, env={**os.environ, **self.env} if self.env else None)
         try:
             wait_ready(self.url, self.ready_timeout, self.proc, f"; see {self.log_path}")
         except BaseException:
