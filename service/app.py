@@ -1,6 +1,7 @@
-"""Assembles the service, outermost first: the service middleware (then tracing and CORS when on), the fast-route
-dispatcher, then the FastAPI app with every route; settings, model manager and metrics are made here once. The
-gRPC server (when a port is set) starts with the app, once the models are loaded, and stops before they close."""
+"""Assembles the service, outermost first: the service middleware (request ids, limits, metrics, traces), CORS
+when on, the fast-route dispatcher, then the FastAPI app with every route; settings, model manager and metrics are
+made here once. The gRPC server (when a port is set) starts with the app, once the models are loaded, and stops
+before they close."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def tracer_provider(settings: Settings) -> Any:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
     protocol = settings.otlp_protocol or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     exporter: Any
@@ -115,7 +116,9 @@ def tracer_provider(settings: Settings) -> Any:
         exporter = HttpExporter(endpoint=given) if given else HttpExporter()
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "seqserve"),
                                 "service.version": v2.SERVER_VERSION})
-    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)))
+    # Parent-based: a client's sampled flag decides; a request without a parent reaches the SDK only when
+    # tracing.start_server_span drew it (settings.trace_sample_ratio), so the root sampler takes it.
+    provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     log.info("tracing: OTLP %s to %s, sampling %g of new traces", protocol, settings.otlp_endpoint or endpoint,
              settings.trace_sample_ratio)
@@ -129,7 +132,8 @@ def create_app(settings: Settings, fast_routes: bool = True, provider: Any = Non
     manager = ModelManager(settings, metrics)
     owned = provider is None
     provider = provider if provider is not None else tracer_provider(settings)
-    tracing.configure(None if provider is None else provider.get_tracer("seqserve", v2.SERVER_VERSION))
+    tracing.configure(None if provider is None else provider.get_tracer("seqserve", v2.SERVER_VERSION),
+                      settings.trace_sample_ratio if owned else 1.0)  # a given provider samples by itself
     api = create_api(settings, manager, metrics, provider if owned else None)
     fast = FastPath(api, [r for kind in API_KINDS.values() for r in kind.fast] + list(v2.FAST)) if fast_routes \
         else None
@@ -137,16 +141,6 @@ def create_app(settings: Settings, fast_routes: bool = True, provider: Any = Non
     if settings.cors_origins:
         inner = CORSMiddleware(inner, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                                allow_headers=["*"])
-    if provider is not None:
-        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-
-        def request_id(span: Any, scope: Scope) -> None:
-            if span is not None and span.is_recording():
-                span.set_attribute("seqserve.request_id", scope.get("state", {}).get("request_id", ""))
-
-        inner = OpenTelemetryMiddleware(inner, tracer_provider=provider, exclude_spans=["receive", "send"],
-                                        excluded_urls="/metrics,/v2/health,/docs,/openapi.json",
-                                        server_request_hook=request_id)
     stack = ServiceMiddleware(inner, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                               shed=edge_shedding(settings, manager), retry_after_s=settings.retry_after_s,
                               max_header_bytes=settings.max_header_bytes, max_headers=settings.max_headers,

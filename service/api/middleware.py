@@ -15,11 +15,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.api.errors import BodyTimeout, BodyTooLarge, internal_error
 from service.metrics import Metrics
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 log = logging.getLogger("seqserve.access")
+TRACED_PATHS = ("/v1/", "/v2/models", "/v2/repository")  # not health, metrics, docs or the demo page
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Generated ids: a random per-process prefix and a counter; unique like uuid4 without os.urandom per request.
 _ID_PREFIX, _ID_COUNTER = uuid.uuid4().hex[:16], itertools.count()
@@ -75,6 +77,11 @@ class ServiceMiddleware:
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         start, status, status_sent, complete = time.perf_counter(), 500, False, False
+        traced = tracing.start_server_span(f"{scope.get('method')} {scope.get('path')}", headers, **{
+            "http.request.method": scope.get("method", ""), "url.path": scope.get("path", ""),
+            "seqserve.request_id": request_id}) if tracing.enabled() and scope.get("path", "").startswith(
+                TRACED_PATHS) else None
+        failure: BaseException | None = None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, status_sent, complete
@@ -101,6 +108,7 @@ class ServiceMiddleware:
                 return
             await self.app(scope, self._limited(receive), send_with_id)
         except Exception as exc:  # errors we cause: logged with context, a 500 that carries the request id
+            failure = exc
             log.error("unhandled %s on %s %s: %s", type(exc).__name__, scope.get("method"), scope.get("path"), exc,
                       exc_info=exc)
             if complete:  # the framework's handler has answered (500, in our shape)
@@ -111,7 +119,9 @@ class ServiceMiddleware:
             for message in _error(500, internal_error(exc), request_id):
                 await send(message)
         finally:
-            self._record(scope, status, time.perf_counter() - start)
+            endpoint = self._record(scope, status, time.perf_counter() - start)
+            if traced is not None:
+                tracing.end_server_span(traced, status, f"{scope.get('method')} {endpoint}", failure)
             request_id_var.reset(token)
 
     def _check_headers(self, raw: list[tuple[bytes, bytes]]) -> tuple[int, str] | None:
@@ -135,7 +145,8 @@ class ServiceMiddleware:
     def _limited(self, receive: Receive) -> Receive:
         return _Body(receive, self.max_body_bytes, self.body_clock).read
 
-    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+    def _record(self, scope: Scope, status: int, elapsed: float) -> str:
+        """Counts the request, logs its access line; -> its endpoint label (the route's template)."""
         route: Any = scope.get("route")
         endpoint = getattr(route, "path", None) or scope.get("state", {}).get("endpoint", "unmatched")
         state = scope.get("state", {})
@@ -150,6 +161,7 @@ class ServiceMiddleware:
                      extra={"endpoint": endpoint, "method": scope.get("method"), "model": model,
                             "version": str(state.get("version", "")), "status": status,
                             "latency_ms": round(elapsed * 1000, 3)})
+        return str(endpoint)
 
 
 class _Body:
