@@ -169,11 +169,14 @@ def report(a: argparse.Namespace, source: str, wrk: dict[str, list[float]], p99:
              f"`loadtest/bench_observability.py --baseline-rev {a.baseline_rev}`: {a.rounds} rounds of "
              f"{a.seconds:g} s windows (after {a.warmup:g} s warm-up), series in turn, medians; {source}; "
              "2 shared cores (noisy: read the ratios).", "",
-             "| series (wrk, REST /v1/classify) | requests/s (median) | each round | p99 ms | vs baseline |",
-             "|---|---:|---|---:|---:|"]
+             "| series (wrk, REST /v1/classify) | requests/s (median) | each round | p99 ms | vs baseline | "
+             "vs baseline, same round (median) |",
+             "|---|---:|---|---:|---:|---:|"]
+    base = wrk.get(f"baseline {a.baseline_rev}", wrk["tracing off"])
     for name, values in wrk.items():
+        paired = statistics.median(v / b for v, b in zip(values, base, strict=True))  # the rounds drift
         lines.append(f"| {name} | {median[name]:,.0f} | {', '.join(f'{v:,.0f}' for v in values)} | "
-                     f"{statistics.median(p99[name]):.1f} | {median[name] / reference:.3f} |")
+                     f"{statistics.median(p99[name]):.1f} | {median[name] / reference:.3f} | {paired:.3f} |")
     lines += ["", "| client, same texts, one text a request | requests/s (median) | p50 ms | p99 ms |",
               "|---|---:|---:|---:|"]
     for protocol, runs in protocols.items():

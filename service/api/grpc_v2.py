@@ -29,7 +29,7 @@ from service.api.middleware import REQUEST_ID_RE, new_request_id, request_id_var
 from service.api.schemas import V2InferRequest
 from service.metrics import Metrics
 from service.serving.inference import InvalidInput
-from service.serving.manager import ModelManager, ModelNotFound
+from service.serving.manager import ModelManager, ModelNotFound, ModelNotReady
 from service.serving.served import ServedModel
 from service.settings import Settings
 
@@ -272,7 +272,7 @@ class InferenceService:
         try:  # as Triton answers: not ready (rather than an error) for a model it does not serve
             self._reach(request.name, request.version, state)
             ready = True
-        except ModelNotFound:
+        except (ModelNotFound, ModelNotReady):
             ready = False
         return self.types["ModelReady"][1](ready=ready)
 
