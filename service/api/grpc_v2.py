@@ -220,9 +220,11 @@ class InferenceService:
                     self.metrics.request_latency.labels(state["model"], endpoint).observe(elapsed)
                     if status == 503:
                         self.metrics.rejected_latency.labels(state["model"], endpoint).observe(elapsed)
-                access.info("%s %s %d %.1fms", "GRPC", endpoint, status, elapsed * 1000,
-                            extra={"endpoint": endpoint, "model": state["model"], "version": state["version"],
-                                   "status": status, "latency_ms": round(elapsed * 1000, 3)})
+                if access.isEnabledFor(logging.INFO):
+                    access.info("%s %s %d %.1fms", "GRPC", endpoint, status, elapsed * 1000,
+                                extra={"endpoint": endpoint, "method": "GRPC", "model": state["model"],
+                                       "version": state["version"], "status": status,
+                                       "latency_ms": round(elapsed * 1000, 3)})
                 request_id_var.reset(token)
 
         return call
