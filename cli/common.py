@@ -33,6 +33,8 @@ def train_options(p: argparse.ArgumentParser, cells: tuple[str, ...] = ("rnn", "
                    "without improvement (default 1: never)")
     p.add_argument("--lr-decay-from", type=int, default=0, metavar="EPOCH", help="instead, multiply it by --lr-decay "
                    "after every epoch from this one on (0: only on plateaus)")
+    p.add_argument("--average-last", type=int, default=0, metavar="N", help="average the weights of the last N "
+                   "epochs at the end, kept if it validates at least as well as the best epoch (0: off)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dry-run", action="store_true", help="a few steps only (for CI)")
     p.add_argument("--vocab-size", type=int, default=8000)
@@ -67,7 +69,7 @@ def train_config(a: argparse.Namespace) -> Any:
     return TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                        clip=a.clip, patience=a.patience, seed=a.seed, device=a.device,
                        max_steps=3 if a.dry_run else 0, lr_decay=a.lr_decay,
-                       lr_decay_from=a.lr_decay_from)
+                       lr_decay_from=a.lr_decay_from, average_last=a.average_last)
 
 
 def model_config(cls: type[Any], **options: Any) -> Any:

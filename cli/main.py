@@ -84,6 +84,12 @@ def _add_quantize(sub: Any) -> None:
                         "model records)")
     p.add_argument("--calibration-size", type=int, metavar="N",
                    help="how many of them, drawn at random (default 512)")
+    p.add_argument("--recurrent-weights", choices=["float32", "float16"], default="float32",
+                   help="how the LSTM/GRU weights, which stay in float, are stored (float16 halves them; they are "
+                        "computed in float32 all the same)")
+    p.add_argument("--shared-weights", action="store_true",
+                   help="store the graphs' weights in one file beside them, each distinct tensor once (a translator's "
+                        "shared embeddings are stored once)")
     p.set_defaults(func=_cmd_quantize)
 
 
@@ -95,7 +101,8 @@ def _cmd_quantize(a: argparse.Namespace) -> None:
     out = a.out or source.parent
     if a.version is None or (out / str(a.version)).resolve() != source.resolve():  # onto itself: quantize refuses
         check_version(out, a.version, a.overwrite)
-    path = quantize_version(a.model_dir, a.version, a.out, a.calibration_data, a.calibration_size)
+    path = quantize_version(a.model_dir, a.version, a.out, a.calibration_data, a.calibration_size,
+                            a.recurrent_weights, a.shared_weights)
     logging.getLogger("seqserve").info("wrote %s", path)
 
 

@@ -80,6 +80,9 @@ def _options(parser: Any) -> None:
     group.add_argument("--classifier-labels", default="", help="comma-separated classes every answer must have "
                        "(default: the classes of the first answer)")
     group.add_argument("--beam-size", type=int, default=0, help="beam size for translations (0: the server's default)")
+    group.add_argument("--distinct-texts", type=int, default=0, env_var="SEQSERVE_DISTINCT_TEXTS",
+                       help="draw every request's text from only this many of each kind's texts, so texts repeat "
+                            "as popular queries do (the response cache's workload; 0: all of them)")
     group.add_argument("--think-time", type=float, default=0.1, help="most seconds a user waits between requests")
     group.add_argument("--step-users", type=int, default=0, help="step load: add this many users every step")
     group.add_argument("--step-seconds", type=float, default=30.0, help="step load: length of a step")
@@ -112,7 +115,8 @@ class SeqserveUser(HttpUser):
 
     def text(self, kind: str) -> str:
         options = self.environment.parsed_options
-        return random.choice(texts_for(kind, texts_file_for(kind, options)))
+        texts = texts_for(kind, texts_file_for(kind, options))
+        return random.choice(texts[: options.distinct_texts] if options.distinct_texts > 0 else texts)
 
     def translate_body(self, **fields: Any) -> dict[str, Any]:
         options = self.environment.parsed_options

@@ -58,3 +58,10 @@ class Metrics:
                                             ["model"], buckets=TOKEN_BUCKETS, registry=r)
         self.generated_tokens = Counter("seqserve_generated_tokens", "Target tokens generated.", ["model"],
                                         registry=r)
+        self.cache_hits = Counter("seqserve_cache_hits", "Texts answered from the response cache.", ["model"],
+                                  registry=r)
+        self.cache_misses = Counter("seqserve_cache_misses", "Cacheable texts that were not in the response cache.",
+                                    ["model"], registry=r)
+        self.cache_entries = Gauge("seqserve_cache_entries", "Answers held by the response cache.", registry=r)
+        self.cache_bytes = Gauge("seqserve_cache_bytes", "About how much memory the response cache's answers hold.",
+                                 registry=r)

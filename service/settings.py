@@ -46,7 +46,12 @@ class Settings(BaseSettings):
     max_beam_size: int = Field(16, ge=1)
     max_output_tokens: int = Field(256, ge=1)
 
-    max_texts_per_request: int = Field(256, ge=1)
+    response_cache_entries: int = Field(10_000, ge=0, description="answers the exact-match response cache holds "
+                                        "(keyed on model, version, text and options; 0: no cache)")
+    response_cache_mb: float = Field(64.0, ge=0, description="bound on the response cache's memory (0: no cache)")
+
+    max_texts_per_request: int = Field(256, ge=1, description="texts per request, and sentences once a "
+                                       "translator has split its texts")
     max_chars_per_text: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request headers, names and values together, "

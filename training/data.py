@@ -12,9 +12,11 @@ import io
 import json
 import os
 import random
+import re
 import sys
+import unicodedata
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -83,7 +85,9 @@ def read_records(path: str | Path, fields: Sequence[str]) -> list[tuple[list[str
     if fmt == "txt":
         raise DataError(f"{path}: plain text has no fields; use .csv, .tsv or .jsonl")
     _allow_long_fields()
-    reader = csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
+    # TSV has no quoting (IANA text/tab-separated-values): a cell that starts with " keeps its quotes.
+    reader = (csv.reader(io.StringIO(text)) if fmt == "csv"
+              else csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE))
     try:
         return _table_records(path, reader, fields)
     except csv.Error as exc:
@@ -184,10 +188,30 @@ def read_parallel_files(src_path: str | Path, tgt_path: str | Path) -> list[Pair
     return check_pairs([Pair(s, t) for s, t in zip(src, tgt, strict=True)], f"{src_path}, {tgt_path}")
 
 
-def read_parallel_table(path: str | Path, src_field: str = "0", tgt_field: str = "1") -> list[Pair]:
-    """Sentence pairs from TSV/CSV columns (extra columns ignored) or JSONL fields."""
-    pairs = [Pair(s, t) for (s, t), _ in read_records(path, [src_field, tgt_field])]
+def read_parallel_table(path: str | Path, src_field: str = "0", tgt_field: str = "1",
+                        src_convert: Callable[[str], str] | None = None,
+                        tgt_convert: Callable[[str], str] | None = None) -> list[Pair]:
+    """Sentence pairs from TSV/CSV columns (extra columns ignored) or JSONL fields, each side through its
+    converter (a script conversion, say). A side left empty (after NFKC, as the tokenizers normalise) names its
+    file and line."""
+    pairs = []
+    for (src, tgt), line in read_records(path, [src_field, tgt_field]):
+        texts = []
+        for side, field, raw, convert in (("source", src_field, src, src_convert),
+                                          ("target", tgt_field, tgt, tgt_convert)):
+            text = convert(raw) if convert else raw
+            if not _visible(text):
+                raise DataError(f"{path}:{line}: the {side} side (field {field}) is empty"
+                                + (" after normalisation" if raw.strip() else ""))
+            texts.append(text)
+        pairs.append(Pair(*texts))
     return check_pairs(pairs, str(path))
+
+
+def _visible(text: str) -> bool:
+    """Whether the text keeps a character after NFKC (as the tokenizers normalise), once whitespace and format
+    characters (zero-width spaces and joiners, byte-order marks, soft hyphens) are set aside."""
+    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in unicodedata.normalize("NFKC", text))
 
 
 def check_pairs(pairs: list[Pair], source: str) -> list[Pair]:
@@ -197,11 +221,20 @@ def check_pairs(pairs: list[Pair], source: str) -> list[Pair]:
     return kept
 
 
+_IDEOGRAPH = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+
+
+def word_count(text: str) -> int:
+    """Words for the length filters: space-separated words, each CJK ideograph counted as one (Chinese and
+    Japanese are written without spaces)."""
+    return len(_IDEOGRAPH.sub(" ", text).split()) + len(_IDEOGRAPH.findall(text)) or len(text)
+
+
 def filter_pairs(pairs: list[Pair], max_words: int, max_ratio: float, source: str) -> list[Pair]:
     """Drop pairs longer than `max_words` on a side or whose length ratio exceeds `max_ratio`."""
     kept = []
     for p in pairs:
-        ns, nt = len(p.src.split()) or len(p.src), len(p.tgt.split()) or len(p.tgt)
+        ns, nt = word_count(p.src), word_count(p.tgt)
         if max(ns, nt) <= max_words and max(ns, nt) <= max_ratio * min(ns, nt):
             kept.append(p)
     if not kept:

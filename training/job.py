@@ -40,6 +40,7 @@ def run_job(job: Job) -> Path | None:
         return None
     version_dir = export_run(work_dir, job.out, job.version, built.export_texts,
                              training={**vars(job.train), **built.record, "best_epoch": history.best_epoch + 1,
+                                       "averaged": history.averaged,
                                        "history": history.epochs})
     for split in TOOLS[job.kind].evaluate_splits:
         evaluate_version(version_dir, getattr(splits, split), split=split)

@@ -33,6 +33,7 @@ log = logging.getLogger("seqserve.train")
 Batch = dict[str, Tensor]
 LOG_EVERY_S = 30.0
 CHECKPOINT = "last.pt"  # model, optimizer and history after the latest epoch, for --resume
+EPOCH_CHECKPOINT = "epoch-{epoch}.safetensors"  # the last epochs' weights, kept for --average-last
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256  # train_tokenizer's floor: the special tokens and the 256 bytes
 
 
@@ -49,10 +50,12 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no limit; a small number makes a dry run
     lr_decay: float = 1.0  # the learning rate is multiplied by this after an epoch without improvement (1: never)
     lr_decay_from: int = 0  # from this epoch on, after every epoch instead (Zaremba et al. 2014's schedule); 0: never
+    average_last: int = 0  # average the weights of the last N epochs at the end, kept if it validates better; 0/1: off
 
     def __post_init__(self) -> None:
         check_at_least(1, epochs=self.epochs, batch_size=self.batch_size, patience=self.patience)
-        check_at_least(0, weight_decay=self.weight_decay, seed=self.seed, lr_decay_from=self.lr_decay_from)
+        check_at_least(0, weight_decay=self.weight_decay, seed=self.seed, lr_decay_from=self.lr_decay_from,
+                       average_last=self.average_last)
         check_above(0, lr=self.lr, clip=self.clip, lr_decay=self.lr_decay)
         if self.lr_decay > 1:
             raise UserError(f"--lr-decay must be at most 1, got {self.lr_decay}")
@@ -112,6 +115,7 @@ class History:
     epochs: list[dict[str, float]] = field(default_factory=list)
     best_score: float = -math.inf
     best_epoch: int = -1
+    averaged: dict[str, Any] | None = None  # the checkpoint average: its epochs, validation and whether it was kept
 
 
 @dataclass(frozen=True)
@@ -252,14 +256,76 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dis
                      " (best)" if improved else "")
             if improved:
                 save_model(model, str(work_dir / "best.safetensors"))  # handles tied weights
+            if cfg.average_last > 1:
+                _keep_epoch_checkpoint(model, work_dir, epoch + 1, cfg.average_last)
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "history": asdict(history)}, state_path)
             plot_history(history, work_dir / "curves.png")
         env.barrier()
         if cfg.max_steps and steps >= cfg.max_steps:
             break
+    if cfg.average_last > 1 and history.averaged is None:
+        _average_checkpoints(model, task, history, work_dir, cfg.average_last, env)
     load_model(model, str(work_dir / "best.safetensors"), device=str(device))
     return history
+
+
+def _epoch_checkpoints(work_dir: Path) -> list[Path]:
+    """The kept per-epoch weights, oldest first."""
+    return sorted(work_dir.glob(EPOCH_CHECKPOINT.format(epoch="*")))
+
+
+def _keep_epoch_checkpoint(model: nn.Module, work_dir: Path, epoch: int, keep: int) -> None:
+    save_model(model, str(work_dir / EPOCH_CHECKPOINT.format(epoch=f"{epoch:03d}")))
+    for old in _epoch_checkpoints(work_dir)[:-keep]:
+        old.unlink()
+
+
+def average_state(paths: Sequence[Path]) -> dict[str, Tensor]:
+    """The element-wise mean of the tensors saved in `paths` (same keys in each), in float64 then cast back."""
+    from safetensors.torch import load_file
+
+    total: dict[str, Tensor] = {}
+    for path in paths:
+        for key, value in load_file(str(path)).items():
+            total[key] = total[key] + value.double() if key in total else value.double()
+    first = load_file(str(paths[0]))
+    return {key: (value / len(paths)).to(first[key].dtype) for key, value in total.items()}
+
+
+def _average_checkpoints(model: nn.Module, task: Task, history: History, work_dir: Path, keep: int,
+                         env: Dist) -> None:
+    """Average the last `keep` epochs' weights (Junczys-Dowmunt et al. 2016; Vaswani et al. 2017). The average
+    replaces best.safetensors only if its validation score is at least the best single epoch's, which stays as
+    best-epoch.safetensors; the decision, made on validation data alone, is recorded in the history."""
+    from safetensors.torch import save_file
+
+    paths = _epoch_checkpoints(work_dir)[-keep:]
+    if len(paths) < 2:
+        return
+    averaged_path = work_dir / "averaged.safetensors"
+    if env.main:
+        save_file(average_state(paths), str(averaged_path))
+    env.barrier()
+    load_model(model, str(averaged_path), device=str(next(model.parameters()).device))
+    model.eval()
+    with torch.no_grad():
+        valid = task.validate(model)
+    model.train()
+    kept = valid["score"] >= history.best_score
+    history.averaged = {"epochs": [int(p.stem.split("-")[1]) for p in paths], "kept": kept,
+                        **{f"valid_{k}": v for k, v in valid.items()}}
+    if env.main:
+        log.info("average of epochs %s: %s (%s the best epoch's %.4f)", history.averaged["epochs"],
+                 json.dumps({k: round(v, 4) for k, v in valid.items()}), "kept over" if kept else "below",
+                 history.best_score)
+        if kept:
+            (work_dir / "best.safetensors").replace(work_dir / "best-epoch.safetensors")
+            averaged_path.replace(work_dir / "best.safetensors")
+        state = torch.load(work_dir / CHECKPOINT, weights_only=False)
+        state["history"] = asdict(history)
+        torch.save(state, work_dir / CHECKPOINT)
+    env.barrier()
 
 
 def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, state_path: Path,

@@ -21,6 +21,7 @@ from service.errors import UserError
 from training.calibration import fix_activation_scales, sample_texts
 from training.evaluate import evaluate_version, load_eval_data
 from training.kinds import TOOLS
+from training.lm_export import WEIGHTS, share_initializers
 from training.repo_writer import VersionWriter, file_digest, invocation, new_version_from, package_versions, stale_data
 
 log = logging.getLogger("seqserve.quantize")
@@ -31,14 +32,21 @@ QUANTIZED_OPS = ["MatMul", "Gather"]
 # out with the transposed shape. Such graphs keep float embeddings and quantize the rest.
 WITHOUT_GATHER = ["MatMul"]
 CALIBRATION_SIZE = 512  # texts; activation ranges settle well before (Multi30k en-de: the same BLEU from 256)
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")  # their W, R and B inputs may be stored as float16 (--recurrent-weights)
+RECURRENT_DTYPES = ("float32", "float16")
 QUANTIZER_LIBRARIES = ("onnx", "onnxruntime")  # what rewrites the graphs; the rest of library_versions is training's
 SPLITS = ("train", "valid", "test")  # metrics.json splits that the recorded data can give again
 
 
 def quantize_version(model_dir: Path, version: int | None = None, out: Path | None = None,
-                     calibration: Path | None = None, calibration_size: int | None = None) -> Path:
+                     calibration: Path | None = None, calibration_size: int | None = None,
+                     recurrent_weights: str = "float32", shared_weights: bool = False) -> Path:
     """int8 weights for embeddings and MatMuls, activation scales calibrated on `calibration_size` texts: those of
-    the `calibration` file (one per line), or else of the training split the source version records."""
+    the `calibration` file (one per line), or else of the training split the source version records.
+    `recurrent_weights` float16 stores the float LSTM/GRU weights at half size; `shared_weights` stores the graphs'
+    weights in one file beside them, each distinct tensor once (a translator's shared embeddings, say)."""
+    if recurrent_weights not in RECURRENT_DTYPES:
+        raise UserError(f"--recurrent-weights must be one of {', '.join(RECURRENT_DTYPES)}, got {recurrent_weights!r}")
     source = resolve_version_dir(model_dir)
     config = read_config(source)
     if config.get("quantization"):
@@ -62,11 +70,19 @@ def quantize_version(model_dir: Path, version: int | None = None, out: Path | No
         quantization={"method": "static int8 (onnxruntime)", "from_model": config.get("name", source.parent.name),
                       "from_version": int(source.name), "command": invocation(),
                       "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                      "calibration": {**calibrated_on, "texts": len(texts)}},
+                      "calibration": {**calibrated_on, "texts": len(texts)},
+                      "recurrent_weights": recurrent_weights, "shared_weights": shared_weights},
         library_versions={**config.get("library_versions", {}), **package_versions(QUANTIZER_LIBRARIES)},
     )
     feeds = TOOLS[config["kind"]].calibration_feeds(source, read_config(source), texts)
-    _quantize_graphs(source, target, config, feeds)
+    _quantize_graphs(source, target, config, feeds, recurrent_weights == "float16")
+    if shared_weights:
+        if (config.get("files") or {}).get("weights"):
+            raise UserError(f"{source} already keeps its weights in {config['files']['weights']}")
+        share_initializers([target / graph for graph in config["graphs"].values()])
+        config["files"] = {**(config.get("files") or {}), "weights": WEIGHTS}
+        if not _runs(target, config):
+            raise RuntimeError(f"{target}: the graphs do not run with their weights in {WEIGHTS}")
     write_json(target / "config.json", config)
     evaluate_like_source(source, target, config)
     VersionWriter(target).write_card()
@@ -96,7 +112,8 @@ def calibration_texts(config: dict[str, Any], path: Path | None) -> tuple[list[s
     return texts, {"source": f"train split of {source}"}
 
 
-def _quantize_graphs(source: Path, target: Path, config: dict[str, Any], feeds: dict[str, list[Any]]) -> None:
+def _quantize_graphs(source: Path, target: Path, config: dict[str, Any], feeds: dict[str, list[Any]],
+                     half_recurrent: bool = False) -> None:
     """Every graph to int8 with static activation scales; without the Gather (embeddings) when the fully quantized
     graphs do not run."""
     ranges: dict[str, Any] = {}
@@ -104,12 +121,39 @@ def _quantize_graphs(source: Path, target: Path, config: dict[str, Any], feeds: 
         for key, graph in config["graphs"].items():
             quantize_dynamic(source / graph, target / graph, weight_type=QuantType.QInt8, op_types_to_quantize=ops)
             ranges[graph] = fix_activation_scales(target / graph, source / graph, feeds[key])
+            if half_recurrent:
+                store_recurrent_weights_as_half(target / graph)
         config["quantization"].update(ops=ops, activation_ranges=ranges)
         if _runs(target, config):
             return
         if ops is QUANTIZED_OPS:
             log.warning("the fully quantized graphs do not run; keeping embeddings in float")
     raise RuntimeError(f"{target}: the quantized graphs do not run")
+
+
+def store_recurrent_weights_as_half(path: Path) -> int:
+    """The weight, recurrence and bias initializers of every LSTM, GRU and RNN node stored as float16, each read
+    through a Cast to float32 (which onnxruntime folds when the session loads): the graph computes in float as
+    before, on weights rounded to float16, so answers stay independent of the batch. Returns the tensors halved."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    initializers = {t.name: t for t in model.graph.initializer}
+    wanted = {name for node in model.graph.node if node.op_type in RECURRENT_OPS for name in node.input[1:4]
+              if name in initializers and initializers[name].data_type == onnx.TensorProto.FLOAT}
+    casts = []
+    for name in sorted(wanted):
+        tensor = initializers[name]
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), f"{name}.float16"))
+        casts.append(helper.make_node("Cast", [tensor.name], [name], to=onnx.TensorProto.FLOAT,
+                                      name=f"{name}.to_float"))
+    nodes = [*casts, *model.graph.node]
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return len(casts)
 
 
 def evaluate_like_source(source: Path, target: Path, config: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from models.seq2seq import Seq2Seq, Seq2SeqConfig, greedy_decode
 from service.engine.decoding import max_output_length
 from service.engine.repository import read_config
-from service.engine.text import BOS_ID, PAD_ID, TextEncoder
+from service.engine.text import BOS_ID, PAD_ID, TextEncoder, script_converter
 from service.engine.translator import DecodeOptions, TranslatorRuntime
 from service.errors import UserError
 from training.batching import bucket_batches, to_tensors
@@ -50,10 +50,25 @@ class ParallelData:
     seed: int = 0
     max_words: int = 80
     max_ratio: float = 3.0
+    src_script: str | None = None  # an OpenCC conversion (t2s, ...) for each side's texts, in training and serving
+    tgt_script: str | None = None
+    valid_pairs: int = 0  # held-out counts instead of the fractions (0: use the fractions)
+    test_pairs: int = 0
 
     def __post_init__(self) -> None:
         check_split(self.valid_fraction, self.test_fraction)
         check_at_least(1, max_words=self.max_words, max_ratio=self.max_ratio)
+        check_at_least(0, valid_pairs=self.valid_pairs, test_pairs=self.test_pairs)
+        for flag, script in (("--src-script", self.src_script), ("--tgt-script", self.tgt_script)):
+            try:
+                script_converter(script) if script else None
+            except ValueError as exc:
+                raise UserError(f"{flag}: {exc}") from None
+
+    @property
+    def scripts(self) -> dict[str, str]:
+        """config.json's record of the conversions, by side."""
+        return {side: s for side, s in (("source", self.src_script), ("target", self.tgt_script)) if s}
 
     def languages(self) -> tuple[str, str]:
         parts = self.pair.split("-")
@@ -67,13 +82,22 @@ class ParallelData:
             src, tgt = self.languages()
             train, valid, test = (multi30k(src, tgt, split, self.data_dir) for split in ("train", "val", "test2016"))
         else:
+            src_convert, tgt_convert = script_converter(self.src_script), script_converter(self.tgt_script)
             if self.target_path:
                 pairs = read_parallel_files(self.source, self.target_path)
+                pairs = [Pair(src_convert(p.src) if src_convert else p.src,
+                              tgt_convert(p.tgt) if tgt_convert else p.tgt) for p in pairs]
             elif Path(self.source).exists() or "." in self.source:
-                pairs = read_parallel_table(self.source, self.src_field, self.tgt_field)
+                pairs = read_parallel_table(self.source, self.src_field, self.tgt_field, src_convert, tgt_convert)
             else:
                 raise DataError(f"unknown recipe {self.source!r}; recipes are multi30k, or give a file path")
-            train, valid, test = random_split(pairs, self.valid_fraction, self.test_fraction, self.seed)
+            valid_share = self.valid_pairs / len(pairs) if self.valid_pairs else self.valid_fraction
+            test_share = self.test_pairs / len(pairs) if self.test_pairs else self.test_fraction
+            if valid_share + test_share >= 1:
+                raise DataError(f"{self.source}: {len(pairs)} pairs leave none to train on after the held-out "
+                                f"{round(valid_share * len(pairs))} validation and {round(test_share * len(pairs))} "
+                                "test pairs")
+            train, valid, test = random_split(pairs, valid_share, test_share, self.seed)
             if not valid or not test:
                 raise DataError(f"{self.source}: too few pairs ({len(pairs)}) to split off validation and test")
         return filter_pairs(train, self.max_words, self.max_ratio, self.source), valid, test
@@ -126,7 +150,9 @@ class TranslatorJob:
             train_tokenizer((p.tgt for p in train), size).save(str(tgt_path))
 
     def build(self, splits: Splits, work_dir: Path, device: str, main: bool) -> Built:
-        source, target = (TextEncoder.load(work_dir / name, self.max_length) for name in TOKENIZERS)
+        scripts = self.data.scripts
+        source, target = (TextEncoder.load(work_dir / name, self.max_length, scripts.get(side))
+                          for name, side in zip(TOKENIZERS, ("source", "target"), strict=True))
 
         def encode(pairs: list[Pair]) -> list[Encoded]:
             srcs = source.ids([p.src for p in pairs], add_eos=True)
@@ -139,7 +165,12 @@ class TranslatorJob:
         summary = (f"training {cfg.cell} translator ({cfg.attention} attention) on {len(splits.train)} pairs "
                    f"({len(splits.valid)} valid, {len(splits.test)} test), vocab {source.vocab_size}/"
                    f"{target.vocab_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
-        return Built(model, cfg.to_dict(), task, summary, spec={"max_length": self.max_length, "source_eos": True},
+        src_lang, tgt_lang = self.data.languages()  # --pair: the segmenter's rules and the gaps between sentences
+        spec: dict[str, Any] = {"max_length": self.max_length, "source_eos": True,
+                                "languages": {"source": src_lang, "target": tgt_lang}}
+        if scripts:
+            spec["scripts"] = scripts
+        return Built(model, cfg.to_dict(), task, summary, spec=spec,
                      record={"label_smoothing": self.label_smoothing, "teacher_forcing": self.teacher_forcing})
 
 

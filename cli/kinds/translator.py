@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from cli.common import model_config, train_config, train_options
+from service.engine.text import OPENCC_CONFIGS
 from service.errors import UserError
 
 
@@ -13,10 +14,16 @@ def add_options(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--data", required=True,
                     help="recipe (multi30k), a TSV/CSV/JSONL of pairs, or the source-side text file")
     tr.add_argument("--target-data", help="target-side text file aligned line by line with --data")
-    tr.add_argument("--pair", default="en-de", help="language pair for multi30k: two of en, de, fr")
+    tr.add_argument("--pair", default="en-de", help="source-target language codes: for multi30k two of en, de, fr; "
+                    "for any data, the sentence segmenter's rules when serving paragraphs")
     tr.add_argument("--data-dir", help="local Multi30k copy (default $SEQSERVE_MULTI30K_DIR or ../shared)")
     tr.add_argument("--src-field", default="0", help="column name, or index for files without header")
     tr.add_argument("--tgt-field", default="1")
+    tr.add_argument("--src-script", choices=OPENCC_CONFIGS, help="OpenCC conversion of the source texts, in "
+                    "training and serving (t2s: traditional Chinese characters to simplified)")
+    tr.add_argument("--tgt-script", choices=OPENCC_CONFIGS, help="the same for the target texts")
+    tr.add_argument("--valid-pairs", type=int, default=0, help="pairs held out for validation (default: 5 %%)")
+    tr.add_argument("--test-pairs", type=int, default=0, help="pairs held out for the test (default: 5 %%)")
     tr.add_argument("--max-words", type=int, default=80, help="drop training pairs longer than this")
     tr.add_argument("--max-ratio", type=float, default=3.0, help="drop training pairs with a larger length ratio")
     tr.add_argument("--attention", choices=["additive", "dot", "general", "none"], default="general")
@@ -39,7 +46,8 @@ def job(a: argparse.Namespace) -> Any:
     from training.translate import ParallelData, TranslatorJob
 
     data = ParallelData(a.data, a.target_data, a.pair, a.data_dir, a.src_field, a.tgt_field, seed=a.seed,
-                        max_words=a.max_words, max_ratio=a.max_ratio)
+                        max_words=a.max_words, max_ratio=a.max_ratio, src_script=a.src_script,
+                        tgt_script=a.tgt_script, valid_pairs=a.valid_pairs, test_pairs=a.test_pairs)
     if a.cell == "rnn":
         raise UserError("translators use --cell lstm or --cell gru")
     model = model_config(Seq2SeqConfig, src_vocab=a.vocab_size, tgt_vocab=a.vocab_size, cell=a.cell,

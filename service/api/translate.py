@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -36,6 +37,10 @@ class TranslateRequest(BaseModel):
     beam_size: int | None = Field(None, ge=1, description="1 = greedy; at most the server's max_beam_size")
     max_length: int | None = Field(None, ge=1, description="most target tokens; at most max_output_tokens")
     length_penalty: float | None = Field(None, ge=0.0, le=5.0)
+    num_hypotheses: int | None = Field(None, ge=1, description="return the n best translations with their scores "
+                                       "(n at most beam_size)")
+    split_sentences: bool = Field(True, description="translate a text of several sentences sentence by sentence, "
+                                  "joined back with the text's own whitespace (false: as one sequence)")
     return_attention: bool = False
 
 
@@ -48,11 +53,34 @@ class TranslateStreamRequest(BaseModel):
     beam_size: int | None = Field(None, ge=1, description="1 streams token by token; a beam streams once certain")
     max_length: int | None = Field(None, ge=1)
     length_penalty: float | None = Field(None, ge=0.0, le=5.0)
+    num_hypotheses: int | None = Field(None, ge=1, description="the n best, in the final event")
+
+
+class Hypothesis(BaseModel):
+    translation: str
+    score: float
+
+
+class TranslateSentence(BaseModel):
+    start: int = Field(..., description="the sentence is the text's characters start to end (end excluded)")
+    end: int
+    source: str
+    translation: str
+    score: float
+    hypotheses: list[Hypothesis] | None = None
+    source_tokens: list[str] | None = None
+    target_tokens: list[str] | None = None
+    attention: list[list[float]] | None = None
 
 
 class TranslateResult(BaseModel):
     translation: str
-    score: float
+    score: float = Field(..., description="log-probability over the length penalty; for several sentences their "
+                         "mean")
+    hypotheses: list[Hypothesis] | None = Field(None, description="the n best, best first (num_hypotheses); for "
+                                                "several sentences the i-th joins each sentence's i-th")
+    sentences: list[TranslateSentence] | None = Field(None, description="how a text of several sentences was "
+                                                      "split, each sentence with its own translation")
     source_tokens: list[str] | None = None
     target_tokens: list[str] | None = None
     attention: list[list[float]] | None = Field(None, description="rows: target tokens, columns: source tokens")
@@ -71,15 +99,33 @@ def decode_options(body: TranslateRequest | TranslateStreamRequest, settings: Se
     max_tokens = body.max_length if body.max_length is not None else settings.max_output_tokens
     if max_tokens > settings.max_output_tokens:
         raise InvalidInput(f"max_length {max_tokens} exceeds max_output_tokens={settings.max_output_tokens}")
-    options = DecodeOptions(beam_size=beam, max_tokens=max_tokens)
+    n = body.num_hypotheses if body.num_hypotheses is not None else 1
+    if n > beam:
+        raise InvalidInput(f"num_hypotheses {n} exceeds beam_size={beam}: a beam of {beam} finds at most {beam} "
+                           "translations")
+    options = DecodeOptions(beam_size=beam, max_tokens=max_tokens, num_hypotheses=n,
+                            split_sentences=getattr(body, "split_sentences", False))
     if body.length_penalty is not None:
-        options = DecodeOptions(beam, body.length_penalty, options.max_len_a, options.max_len_b, max_tokens)
+        options = replace(options, length_penalty=body.length_penalty)
     return options
 
 
-def translation_result(t: Translation, with_attention: bool) -> dict[str, Any]:
+def hypotheses(t: Translation) -> list[dict[str, Any]]:
+    """The n best; one (the translation itself) when a single one was asked for."""
+    return [{"translation": a.text, "score": a.score} for a in t.alternatives] or [
+        {"translation": t.text, "score": t.score}]
+
+
+def translation_result(t: Translation, with_attention: bool, with_hypotheses: bool = False,
+                       text: str = "") -> dict[str, Any]:
+    """A result as /v1/translate answers it; `text` is the source (for a split text's sentences)."""
     result: dict[str, Any] = {"translation": t.text, "score": t.score}
-    if with_attention:
+    if with_hypotheses:
+        result["hypotheses"] = hypotheses(t)
+    if t.sentences is not None:  # tokens and attention stay per sentence
+        result["sentences"] = [{"start": s.start, "end": s.end, "source": text[s.start: s.end], **translation_result(
+            s.translation, with_attention, with_hypotheses)} for s in t.sentences]
+    elif with_attention:
         result.update(source_tokens=t.source_tokens, target_tokens=t.target_tokens,
                       attention=[] if t.attention is None else t.attention.round(5).tolist())
     return result
@@ -101,7 +147,8 @@ async def translate(request: Request) -> dict[str, Any]:
                               log_texts=settings.log_texts)
     request.app.state.metrics.tokens.labels(model.name, "output").inc(sum(len(t.target_ids) for t in results))
     return {"model": model.name, "version": model.version,
-            "results": [translation_result(t, body.return_attention) for t in results]}
+            "results": [translation_result(t, body.return_attention, body.num_hypotheses is not None, text)
+                        for t, text in zip(results, texts, strict=True)]}
 
 
 @router.post("/translate/stream", summary="Translate one text, streaming tokens as Server-Sent Events",
@@ -118,26 +165,30 @@ async def translate_stream(request: Request) -> StreamingResponse:
     model = reach(request, body.model, kind=KIND_NAME)
     text = check_texts([body.text], settings)[0]
     metrics = request.app.state.metrics
+    with_hypotheses = body.num_hypotheses is not None
     return open_stream(request, model, text, decode_options(body, settings),
-                       lambda future, updates: _events(model, future, updates, metrics))
+                       lambda future, updates: _events(model, future, updates, metrics, with_hypotheses))
 
 
 def _events(model: Any, future: asyncio.Future[Translation], updates: asyncio.Queue[list[int]],
-            metrics: Metrics) -> AsyncIterator[bytes]:
+            metrics: Metrics, with_hypotheses: bool) -> AsyncIterator[bytes]:
     stream = TokenStream(model.runtime.target.decode)
 
     def done(result: Translation) -> list[bytes]:
         metrics.tokens.labels(model.name, "output").inc(len(result.target_ids))
         return [*stream.events(result.target_ids),
                 sse("done", {"model": model.name, "version": model.version, "translation": result.text,
-                             "score": result.score, "target_tokens": result.target_tokens})]
+                             "score": result.score, "target_tokens": result.target_tokens,
+                             **({"hypotheses": hypotheses(result)} if with_hypotheses else {})})]
 
     return stream_events(future, updates, stream.events, done)
 
 
 def v2_options(params: dict[str, Any], settings: Settings) -> DecodeOptions:
-    """Decoding options from the v2 parameters beam_size, max_length and length_penalty (as in /v1/translate)."""
-    request = parameters(TranslateRequest, params, ("beam_size", "max_length", "length_penalty"), texts=["-"])
+    """Decoding options from the v2 parameters beam_size, max_length, length_penalty, num_hypotheses and
+    split_sentences (as in /v1/translate)."""
+    request = parameters(TranslateRequest, params, ("beam_size", "max_length", "length_penalty", "num_hypotheses",
+                                                    "split_sentences"), texts=["-"])
     return decode_options(request, settings)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -49,6 +49,7 @@ class Hypothesis:
     log_prob: float  # sum of the log-probs of the tokens and, if finished, the EOS
     attention: np.ndarray | None  # (len(tokens), S) weights over the sentence's real source positions
     finished: bool  # ended with EOS rather than at max_len
+    alternatives: list[Hypothesis] = field(default_factory=list)  # the n best (this one first) when n > 1 was asked
 
 
 class Seq2SeqRunner:
@@ -243,10 +244,13 @@ class BeamSearch:
     length_penalty is 0), or after max_len steps.
     """
 
-    def __init__(self, beam_size: int, max_len: int, length_penalty: float = 0.0) -> None:
+    def __init__(self, beam_size: int, max_len: int, length_penalty: float = 0.0, num_hypotheses: int = 1) -> None:
         if beam_size < 1 or max_len < 1:
             raise ValueError(f"beam_size and max_len must be at least 1, got {beam_size} and {max_len}")
+        if not 1 <= num_hypotheses <= beam_size:
+            raise ValueError(f"num_hypotheses must be between 1 and beam_size={beam_size}, got {num_hypotheses}")
         self.beam_size = beam_size
+        self.num_hypotheses = num_hypotheses
         self.max_len = max_len
         self.alpha = length_penalty
         self.done = False
@@ -321,9 +325,15 @@ class BeamSearch:
         return list(prefix)
 
     def result(self) -> Hypothesis:
+        """The best finished hypothesis; with num_hypotheses n > 1, its `alternatives` are the n best, best first
+        (ties by the order they finished in)."""
         if not self._finished:
             raise RuntimeError("result() called before the search finished")
-        return max(self._finished, key=lambda h: h.score)
+        ranked = sorted(self._finished, key=lambda h: -h.score)
+        best = ranked[0]
+        if self.num_hypotheses > 1:
+            best = replace(best, alternatives=ranked[: self.num_hypotheses])
+        return best
 
 
 SearchFactory = Callable[[int], Search]  # source length -> a fresh search
@@ -331,17 +341,20 @@ SearchFactory = Callable[[int], Search]  # source length -> a fresh search
 
 def search_factory(
     beam_size: int = 1, length_penalty: float = 0.0, max_len_a: float = 1.5, max_len_b: float = 10.0,
-    max_tokens: int = 256,
+    max_tokens: int = 256, num_hypotheses: int = 1,
 ) -> SearchFactory:
-    """Greedy for beam_size 1, else beam search; max_len = min(ceil(a * src_len + b), max_tokens)."""
+    """Greedy for beam_size 1, else beam search; max_len = min(ceil(a * src_len + b), max_tokens). With
+    num_hypotheses n > 1 (at most beam_size) each result carries the n best hypotheses."""
     if beam_size < 1 or max_tokens < 1:
         raise ValueError(f"beam_size and max_tokens must be at least 1, got {beam_size} and {max_tokens}")
+    if not 1 <= num_hypotheses <= beam_size:
+        raise ValueError(f"num_hypotheses must be between 1 and beam_size={beam_size}, got {num_hypotheses}")
 
     def make(src_len: int) -> Search:
         max_len = min(max_output_length(src_len, max_len_a, max_len_b), max_tokens)
         if beam_size == 1:
             return GreedySearch(max_len, length_penalty)
-        return BeamSearch(beam_size, max_len, length_penalty)
+        return BeamSearch(beam_size, max_len, length_penalty, num_hypotheses)
 
     return make
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +13,40 @@ SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
-class TextEncoder:
-    """Wraps a `tokenizers.Tokenizer`; encodes batches into padded id matrices."""
+# OpenCC's conversions between Chinese scripts (traditional, simplified, Taiwan, Hong Kong, Japanese kanji).
+OPENCC_CONFIGS = ("s2t", "t2s", "s2tw", "tw2s", "s2hk", "hk2s", "s2twp", "tw2sp", "t2tw", "tw2t", "t2hk", "hk2t",
+                  "t2jp", "jp2t")
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+
+def script_converter(config: str | None) -> Callable[[str], str] | None:
+    """OpenCC's converter for `config` (t2s: traditional to simplified, ...), or None for no conversion."""
+    if not config:
+        return None
+    if config not in OPENCC_CONFIGS:
+        raise ValueError(f"unknown OpenCC conversion {config!r}; one of {', '.join(OPENCC_CONFIGS)}")
+    import opencc
+
+    return opencc.OpenCC(config).convert
+
+
+class TextEncoder:
+    """Wraps a `tokenizers.Tokenizer`; encodes batches into padded id matrices. `script` names an OpenCC
+    conversion applied to every text before tokenizing (a model trained on one Chinese script reads both)."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, script: str | None = None) -> None:
         if tokenizer.token_to_id(PAD) != PAD_ID or tokenizer.token_to_id(EOS) != EOS_ID:
             raise ValueError("tokenizer must reserve ids 0..3 for <pad>, <unk>, <s>, </s>")
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.script = script
+        self.convert = script_converter(script)
         # Truncation lives here rather than in tokenizer.json so one file serves any max length.
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
 
     @classmethod
-    def load(cls, path: str | Path, max_length: int) -> TextEncoder:
-        return cls(Tokenizer.from_file(str(path)), max_length)
+    def load(cls, path: str | Path, max_length: int, script: str | None = None) -> TextEncoder:
+        return cls(Tokenizer.from_file(str(path)), max_length, script)
 
     @property
     def vocab_size(self) -> int:
@@ -37,7 +56,8 @@ class TextEncoder:
         """Token ids per text, truncated to max_length (the EOS, if asked for, counts)."""
         room = self.max_length - (1 if add_eos else 0)
         out = []
-        for enc in self.tokenizer.encode_batch(list(texts), add_special_tokens=False):
+        texts = [self.convert(t) for t in texts] if self.convert else list(texts)
+        for enc in self.tokenizer.encode_batch(texts, add_special_tokens=False):
             ids = enc.ids[:room]
             if add_eos:
                 ids.append(EOS_ID)

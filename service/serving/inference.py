@@ -51,13 +51,31 @@ def check_texts(texts: Sequence[Any], settings: Settings) -> list[str]:
 
 async def run_texts(model: ServedModel, texts: Sequence[str], options: Any, deadline: float | None,
                     receive: Receive, log_texts: bool = False) -> list[Any]:
-    """Queue one item per text (all or none), wait for all, and drop the work if the client leaves."""
-    model.queue.check(len(texts))  # before tokenizing: under overload a 503 must stay cheap
-    if log_texts:  # a debug setting: request texts stay out of logs otherwise
-        log.info("texts for %s: %r", model.name, list(texts))
-    payloads, lengths = model.prepare(texts, options)
-    futures = model.queue.submit(payloads, lengths, deadline)
-    return await wait_or_disconnect(receive, futures)
+    """Split the texts into the model's units (a translator's sentences), answer what the response cache holds,
+    queue one item per other unit (all or none), wait for all, and drop the work if the client leaves."""
+    units, plan = model.segment(texts, options)
+    answers: list[Any] = [None] * len(units)
+    cache = model.cache if model.cache is not None and model.cache.enabled and model.cacheable(options) else None
+    keys = [cache.key(model.name, model.version, u, options) for u in units] if cache is not None else []
+    missing = list(range(len(units)))
+    if cache is not None:
+        missing = []
+        for i, key in enumerate(keys):
+            hit, answers[i] = cache.get(key) if key is not None else (False, None)
+            if not hit:
+                missing.append(i)
+    if missing:
+        model.queue.check(len(missing))  # before tokenizing: under overload a 503 must stay cheap
+        if log_texts:  # a debug setting: request texts stay out of logs otherwise
+            log.info("texts for %s: %r", model.name, list(texts))
+        payloads, lengths = model.prepare([units[i] for i in missing], options)
+        futures = model.queue.submit(payloads, lengths, deadline)
+        computed = await wait_or_disconnect(receive, futures)
+        for i, answer in zip(missing, computed, strict=True):
+            answers[i] = answer
+            if cache is not None and keys[i] is not None:
+                cache.put(keys[i], answer)  # type: ignore[arg-type]
+    return model.combine(texts, answers, plan)
 
 
 async def wait_or_disconnect(receive: Receive, futures: list[asyncio.Future[Any]]) -> list[Any]:

@@ -37,6 +37,12 @@ class ServedLM(DecodingModel):
         super().__init__(name, version_dir, config, opts)
         self.runtime = LMRuntime(version_dir, config, opts)
 
+    def cacheable(self, options: LMOptions) -> bool:
+        """Sampling without a seed draws a fresh answer each time; everything else is a function of the text."""
+        sample = options.sample
+        return not (options.task == "generate" and sample is not None and sample.seed is None
+                    and sample.temperature > 0)
+
     def engine(self, settings: Settings, metrics: Metrics) -> LMEngine:
         return LMEngine(self.runtime, metrics, self.name)
 

@@ -12,6 +12,7 @@ from typing import Any
 from service.engine.repository import model_names, read_config, valid_name, versions
 from service.errors import UserError
 from service.metrics import Metrics
+from service.serving.cache import ResponseCache
 from service.serving.kinds import build_model
 from service.serving.served import ServedModel
 from service.settings import Settings
@@ -53,6 +54,7 @@ class ModelManager:
         self.failures: dict[str, Failure] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self.cache = ResponseCache(settings.response_cache_entries, int(settings.response_cache_mb * 2**20), metrics)
 
     def names(self) -> list[str]:
         names = model_names(self.root)
@@ -92,9 +94,11 @@ class ModelManager:
                 self.failures[name] = Failure(number, reason)
                 self.metrics.model_ready.labels(name).set(0)
                 raise ModelNotReady(f"model {name!r} version {number} failed to load: {reason}") from None
+            model.cache = self.cache
             model.start(self.settings, self.metrics)
             old = self.models.get(name)
             self.models[name] = model
+            self.cache.drop_model(name, keep_version=number)  # answers of the version it replaces
             self.failures.pop(name, None)
             self.metrics.model_ready.labels(name).set(1)
             self.metrics.model_info.labels(name, str(number), model.kind, model.provider).set(1)
@@ -111,6 +115,7 @@ class ModelManager:
         if old is None:
             raise ModelNotFound(f"model {name!r} is not loaded")
         self.metrics.model_ready.labels(name).set(0)
+        self.cache.drop_model(name)
         self._retire(old)
 
     def _retire(self, old: ServedModel) -> None:

@@ -12,6 +12,7 @@ from service.batching.queue import WorkQueue
 from service.batching.scheduler import ContinuousScheduler, IterationEngine
 from service.engine.sessions import SessionOptions
 from service.metrics import Metrics
+from service.serving.cache import ResponseCache
 from service.settings import Settings
 
 WARMUP_TEXTS = ["warm up", "a slightly longer text to warm up the graph with more steps"]
@@ -34,6 +35,20 @@ class ServedModel:
     kind: str
     queue: WorkQueue
     metrics: Metrics | None = None  # set by start()
+    cache: ResponseCache | None = None  # the server's response cache, set by the manager
+
+    def cacheable(self, options: Any) -> bool:
+        """Whether answers for these options may be reused (the same text always gets the same answer)."""
+        return True
+
+    def segment(self, texts: Sequence[str], options: Any) -> tuple[list[str], Any]:
+        """The units queued for `texts` (each text by default; a translator's sentences) and what `combine` needs
+        to put their answers back together."""
+        return list(texts), None
+
+    def combine(self, texts: Sequence[str], answers: list[Any], plan: Any) -> list[Any]:
+        """One answer per text from the units' answers."""
+        return answers
 
     def __init__(self, name: str, version_dir: Path, config: dict[str, Any], opts: SessionOptions) -> None:
         self.name, self.version_dir, self.config = name, version_dir, config

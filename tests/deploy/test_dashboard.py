@@ -54,7 +54,7 @@ def test_dashboard_and_alerts_use_only_exported_metrics_and_labels(make_server: 
     # The dashboard covers what the issue asks for: requests, latency, batches, queue, rejections, translation.
     for name in ("seqserve_requests_total", "seqserve_request_duration_seconds_bucket", "seqserve_batch_size_sum",
                  "seqserve_queue_depth", "seqserve_rejections_total", "seqserve_active_sequences",
-                 "seqserve_generated_tokens_total"):
+                 "seqserve_generated_tokens_total", "seqserve_cache_hits_total", "seqserve_cache_misses_total"):
         assert name in used, f"nothing shows {name}"
 
 

@@ -30,7 +30,7 @@ def bundled(tmp_path_factory):
 def test_the_bundled_models_serve_and_describe_themselves(bundled):
     assert httpx.get(f"{bundled.url}/v2/health/ready", timeout=10).status_code == 200
     models = (("sentiment", "classifier", "1"), ("en-de", "translator", "2"), ("atis", "tagger", "1"),
-              ("captions-lm", "lm", "1"))
+              ("captions-lm", "lm", "1"), ("zh-en", "translator", "1"))
     for name, kind, version in models:
         meta = httpx.get(f"{bundled.url}/v2/models/{name}", timeout=10).json()
         assert meta["parameters"]["kind"] == kind and meta["versions"] == [version]
@@ -104,3 +104,32 @@ def test_the_captions_lm_suggests_words_scores_and_generates_like_the_engine(bun
     assert [s["word"] for s in riding["suggestions"]] == [w for w, _ in runtime.complete(["A man is ri"])[0].words]
     metrics = json.loads((version / "metrics.json").read_text())
     assert metrics["test"]["perplexity"] <= 0.75 * metrics["test"]["reference"]["perplexity"]
+
+
+def test_the_zh_en_translator_welcomes_you_to_beijing_in_either_script(bundled):
+    version = resolve_version_dir(REPOSITORY / "zh-en")
+    runtime = TranslatorRuntime(version, read_config(version))
+    assert read_config(version)["scripts"] == {"source": "t2s"}
+
+    def translate(texts, **options):
+        body = {"model": "zh-en", "texts": texts, "beam_size": 5, **options}
+        response = httpx.post(f"{bundled.url}/v1/translate", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()["results"]
+
+    simplified, traditional = translate(["欢迎来北京。", "歡迎來北京。"])
+    assert simplified["translation"] == "Welcome to Beijing."
+    assert traditional == simplified  # the model reads both scripts alike (OpenCC t2s before tokenizing)
+    (bare,) = runtime.translate(["欢迎来北京。"], DecodeOptions(beam_size=5))
+    assert bare.text == simplified["translation"] and bare.score == pytest.approx(simplified["score"], abs=1e-5)
+    mixed = translate(["我們愛北京。", "我们爱北京。"])  # traditional and simplified mixed in one request
+    assert mixed[0] == mixed[1]
+
+    (paragraph,) = translate(["欢迎来北京。谢谢！"], num_hypotheses=2)
+    sentences = translate(["欢迎来北京。", "谢谢！"])
+    assert [s["source"] for s in paragraph["sentences"]] == ["欢迎来北京。", "谢谢！"]
+    assert paragraph["translation"] == f"{sentences[0]['translation']} {sentences[1]['translation']}"
+    assert len(paragraph["hypotheses"]) == 2
+    metrics = json.loads((version / "metrics.json").read_text())["test"]
+    assert metrics["examples"] == 1000 and metrics["bleu"] >= 20.0
+    assert sum(f.stat().st_size for f in version.rglob("*") if f.is_file()) <= 6 * 2**20

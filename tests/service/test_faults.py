@@ -1,4 +1,5 @@
 """Overload, deadlines, failures, disconnects, hot reload and SIGTERM, with faults injected into a real server."""
+# Servers here run without the response cache: the faults and loads need every text computed, repeats included.
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def held(model, entered: threading.Event, release: threading.Event):  # type: ig
 
 
 def test_full_queue_gets_503_with_retry_after_and_accepted_requests_finish(make_server):
-    server = make_server(max_queue_size=4, max_batch_size=2, retry_after_s=2)
+    server = make_server(response_cache_entries=0, max_queue_size=4, max_batch_size=2, retry_after_s=2)
     model = server.manager.models["reviews"]
     entered, release = threading.Event(), threading.Event()
     held(model, entered, release)
@@ -93,7 +94,7 @@ def test_full_queue_gets_503_with_retry_after_and_accepted_requests_finish(make_
 def test_full_queue_sheds_at_the_edge_before_reading_the_body(make_server):
     """With every reachable queue full, a request gets 503 without its body being parsed; anything the
     edge cannot be sure of (another model, an unloaded version, a missing key) takes the normal path."""
-    server = make_server(max_queue_size=2, max_batch_size=1, retry_after_s=3, api_key="k",
+    server = make_server(response_cache_entries=0, max_queue_size=2, max_batch_size=1, retry_after_s=3, api_key="k",
                          cors_origins=["http://ui.example"])
     model = server.manager.models["reviews"]
     entered, release = threading.Event(), threading.Event()
@@ -133,7 +134,7 @@ def test_full_queue_sheds_at_the_edge_before_reading_the_body(make_server):
 
 
 def test_expired_deadline_gets_504_and_its_work_is_skipped(make_server):
-    server = make_server(max_batch_size=8)
+    server = make_server(response_cache_entries=0, max_batch_size=8)
     model = server.manager.models["reviews"]
     calls: list[int] = []
     slow(model, 0.0, calls)
@@ -161,7 +162,7 @@ def test_expired_deadline_gets_504_and_its_work_is_skipped(make_server):
 
 
 def test_a_failing_batch_fails_its_requests_with_500_and_the_batcher_goes_on(make_server):
-    server = make_server(max_queue_delay_ms=50)
+    server = make_server(response_cache_entries=0, max_queue_delay_ms=50)
     model = server.manager.models["reviews"]
     original = model.queue.run
 
@@ -177,7 +178,7 @@ def test_a_failing_batch_fails_its_requests_with_500_and_the_batcher_goes_on(mak
 
 
 def test_a_client_that_disconnects_has_its_work_dropped(make_server):
-    server = make_server(max_batch_size=8)
+    server = make_server(response_cache_entries=0, max_batch_size=8)
     model = server.manager.models["reviews"]
     calls: list[int] = []
     slow(model, 0.0, calls)
@@ -206,7 +207,7 @@ def test_a_client_that_disconnects_has_its_work_dropped(make_server):
 def test_hot_reload_during_a_burst_loses_nothing(make_server, repo):
     """Requests taken in before a load are answered by the old version, even while it is still busy with them;
     requests after the load by the new one, at once, all of them in bursts; nothing is lost."""
-    server = make_server(enable_model_control=True, max_batch_size=4)
+    server = make_server(response_cache_entries=0, enable_model_control=True, max_batch_size=4)
     shutil.copytree(repo / "reviews" / "1", repo / "reviews" / "2")
     old = server.manager.models["reviews"]
     entered, release = threading.Event(), threading.Event()
@@ -248,7 +249,8 @@ def test_hot_reload_during_a_burst_loses_nothing(make_server, repo):
 def test_sigterm_during_a_burst_answers_every_accepted_request(repo, tmp_path):
     """Every request the server took in (its access log names each one by its X-Request-Id) is answered with a 200
     that reaches its client; a client error is allowed only for a request the server never saw."""
-    server = ProcessServer(repo, tmp_path / "server.log", log_level="debug", max_queue_delay_ms="5")
+    server = ProcessServer(repo, tmp_path / "server.log", response_cache_entries="0", log_level="debug",
+                           max_queue_delay_ms="5")
     texts = [POSITIVE, NEGATIVE] * 300
     results: dict[str, httpx.Response | Exception] = {}
     half_answered = asyncio.Event()
@@ -293,7 +295,7 @@ def test_sigterm_during_a_burst_answers_every_accepted_request(repo, tmp_path):
 def test_heap_frozen_while_serving_and_a_retired_version_is_released(make_server):
     """service.serving.manager.settle_heap: long-lived objects are frozen after start-up, yet the objects of a version
     that was replaced or unloaded are freed once it has drained (not pinned in the frozen generation)."""
-    server = make_server(enable_model_control=True)
+    server = make_server(response_cache_entries=0, enable_model_control=True)
     assert gc.get_freeze_count() > 0
     for action in ("load", "unload"):  # a reload retires version 1 in place; an unload retires the new one
         retired = weakref.ref(server.manager.models["reviews"])
@@ -313,7 +315,7 @@ def test_heap_frozen_while_serving_and_a_retired_version_is_released(make_server
 def test_sigterm_drain_bound_holds_below_one_second_with_a_body_still_trickling_in(repo, tmp_path):
     """SEQSERVE_DRAIN_TIMEOUT_S is a bound at any value: 0.5 s stops a process whose client never finishes its body
     (it was read as "no bound" below 1 s)."""
-    server = ProcessServer(repo, tmp_path / "server.log", drain_timeout_s="0.5")
+    server = ProcessServer(repo, tmp_path / "server.log", response_cache_entries="0", drain_timeout_s="0.5")
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
     sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: 100000\r\n\r\n{\"texts\": [\"")

@@ -2,6 +2,7 @@
 finish correctly, memory stays bounded, and the service is back to normal afterwards.
 
 Timing figures are printed (run with -s) for the notes; the assertions are on behaviour only."""
+# Servers here run without the response cache: the faults and loads need every text computed, repeats included.
 
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ async def burst(url: str, count: int, seconds: float = 1.0) -> list[tuple[int, f
 
 
 def test_burst_at_ten_times_capacity(repo, tmp_path):
-    server = ProcessServer(repo, tmp_path / "server.log", max_queue_size="256", max_batch_size="64",
-                           retry_after_s="1")
+    server = ProcessServer(repo, tmp_path / "server.log", response_cache_entries="0", max_queue_size="256",
+                           max_batch_size="64", retry_after_s="1")
     try:
         rss_before = rss_mb(server.proc.pid)
         rate = asyncio.run(capacity(server.url))
@@ -154,7 +155,7 @@ def test_a_burst_past_the_open_file_soft_limit_is_answered_in_full(repo, tmp_pat
     import resource
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    server = ProcessServer(repo, tmp_path / "server.log", open_files=(128, hard))
+    server = ProcessServer(repo, tmp_path / "server.log", response_cache_entries="0", open_files=(128, hard))
     try:
         results = answered(asyncio.run(translate_burst(server.url, 2000, 600, keep_alive=False)))
     finally:
@@ -164,7 +165,8 @@ def test_a_burst_past_the_open_file_soft_limit_is_answered_in_full(repo, tmp_pat
 
 
 def test_connections_past_max_connections_get_503_with_retry_after(repo, tmp_path):
-    server = ProcessServer(repo, tmp_path / "server.log", max_connections="20", retry_after_s="3")
+    server = ProcessServer(repo, tmp_path / "server.log", response_cache_entries="0", max_connections="20",
+                           retry_after_s="3")
     try:
         results = answered(asyncio.run(translate_burst(server.url, 600, 120, keep_alive=True)))
         after = httpx.post(f"{server.url}/v1/translate", json={"model": "numbers", "texts": ["two five"]}, timeout=30)

@@ -73,3 +73,52 @@ def test_the_learning_rate_decays_on_plateaus_or_from_an_epoch_on(tmp_path, deca
     assert [e["lr"] for e in history.epochs] == pytest.approx(rates)  # each epoch trained at its rate
     with pytest.raises(UserError, match="--lr-decay"):
         loop.TrainConfig(lr_decay=1.5)
+
+
+class _ScriptedTask(_FlatTask):
+    """Validation scores from a script (one per call, the last call is the checkpoint average's); it records the
+    weights it was shown."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores, self.seen = list(scores), []
+
+    def validate(self, model):
+        self.seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"score": self.scores[len(self.seen) - 1]}
+
+
+@pytest.mark.parametrize("average_wins", [True, False])
+def test_the_last_epochs_are_averaged_and_kept_only_if_they_validate_better(tmp_path, average_wins):
+    scores = [1.0, 3.0, 2.0, 2.5, 4.0 if average_wins else 2.9]  # best single epoch: the second
+    task = _ScriptedTask(scores)
+    model = torch.nn.Linear(2, 1)
+    cfg = loop.TrainConfig(epochs=4, lr=0.1, patience=5, average_last=3)
+    history = loop.fit(model, task, cfg, tmp_path, loop.Dist())
+    assert sorted(p.name for p in tmp_path.glob("epoch-*")) == [f"epoch-00{i}.safetensors" for i in (2, 3, 4)]
+    mean = {k: sum(seen[k] for seen in task.seen[1:4]) / 3 for k in task.seen[0]}
+    for key, value in mean.items():  # validation saw the mean of epochs 2 to 4
+        torch.testing.assert_close(task.seen[4][key], value)
+    expected = mean if average_wins else task.seen[1]  # ... and training ends on it, or on the best epoch
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+    assert history.best_epoch == 1 and history.averaged is not None
+    assert history.averaged["epochs"] == [2, 3, 4] and history.averaged["kept"] is average_wins
+    assert history.averaged["valid_score"] == scores[4]
+    assert (tmp_path / "best-epoch.safetensors").is_file() is average_wins
+    again = loop.fit(torch.nn.Linear(2, 1), _ScriptedTask(scores), cfg, tmp_path, loop.Dist(), resume=True)
+    assert again.averaged == history.averaged  # a finished run resumes to the same answer, averaged once
+
+
+def test_average_state_is_the_elementwise_mean(tmp_path):
+    from safetensors.torch import save_file
+
+    paths = []
+    for i, value in enumerate([1.0, 2.0, 6.0]):
+        paths.append(tmp_path / f"{i}.safetensors")
+        save_file({"w": torch.full((2, 2), value), "b": torch.tensor([value], dtype=torch.float16)}, str(paths[-1]))
+    state = loop.average_state(paths)
+    torch.testing.assert_close(state["w"], torch.full((2, 2), 3.0))
+    assert state["b"].dtype == torch.float16 and float(state["b"]) == 3.0
+    with pytest.raises(UserError, match="--average-last"):
+        loop.TrainConfig(average_last=-1)

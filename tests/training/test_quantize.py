@@ -240,3 +240,66 @@ def test_a_tagger_quantizes_with_its_crf_and_its_f1_cost(tagger_data: Path, tmp_
         assert [t["tag"] for t in alone["tokens"]] == [t["tag"] for t in result["tokens"]]
         np.testing.assert_allclose([t["score"] for t in alone["tokens"]], [t["score"] for t in result["tokens"]],
                                    atol=1e-6)
+
+
+def test_recurrent_weights_stored_as_float16_halve_the_lstms_and_keep_answers_batch_invariant(
+    translator_version: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    from service.engine.translator import DecodeOptions, TranslatorRuntime
+
+    full = quantize_version(translator_version, version=1, out=tmp_path / "full", calibration_size=64)
+    half = quantize_version(translator_version, version=1, out=tmp_path / "half", calibration_size=64,
+                            recurrent_weights="float16")
+    assert read_config(half)["quantization"]["recurrent_weights"] == "float16"
+    for graph in read_config(half)["graphs"].values():
+        model = onnx.load(str(half / graph))
+        inits = {t.name: t for t in model.graph.initializer}
+        lstms = [n for n in model.graph.node if n.op_type == "LSTM"]
+        casts = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast"}
+        assert lstms
+        for node in lstms:  # W and R come through a Cast from a float16 initializer
+            for name in node.input[1:3]:
+                assert inits[casts[name]].data_type == onnx.TensorProto.FLOAT16
+        assert (half / graph).stat().st_size < (full / graph).stat().st_size
+    texts = ["one two three", "seven", "four five six seven eight nine", "two two"]
+    runtimes = [TranslatorRuntime(v, read_config(v)) for v in (full, half)]
+    answers = [r.translate(texts, DecodeOptions(beam_size=3)) for r in runtimes]
+    for text, translation in zip(texts, answers[1], strict=True):
+        (alone,) = runtimes[1].translate([text], DecodeOptions(beam_size=3))
+        assert alone.target_ids == translation.target_ids and abs(alone.score - translation.score) <= 1e-5
+    same = sum(a.text == b.text for a, b in zip(*answers, strict=True))
+    assert same >= len(texts) - 1  # float16-rounded weights barely move a translation
+    with pytest.raises(UserError, match="--recurrent-weights"):
+        quantize_version(translator_version, out=tmp_path / "bad", recurrent_weights="int4")
+
+
+def test_shared_weights_store_each_tensor_once_beside_the_graphs_with_the_same_answers(
+    translator_version: Path, tmp_path: Path
+) -> None:
+    import shutil as sh
+
+    from service.engine.translator import DecodeOptions, TranslatorRuntime
+
+    source = tmp_path / "src" / "numbers" / "1"
+    sh.copytree(translator_version, source)
+    apart = quantize_version(source, version=1, out=tmp_path / "apart", calibration_size=64)
+    shared = quantize_version(source, version=1, out=tmp_path / "shared", calibration_size=64, shared_weights=True)
+    config = read_config(shared)
+    assert config["files"]["weights"] == "weights.bin" and config["quantization"]["shared_weights"] is True
+    assert all((shared / g).stat().st_size < 50_000 for g in config["graphs"].values())  # weights are outside
+
+    def size(folder: Path) -> int:
+        return sum((folder / name).stat().st_size for name in [*config["graphs"].values(), "weights.bin"]
+                   if (folder / name).is_file())
+
+    assert size(shared) <= 1.01 * size(apart)  # alignment aside; tensors two graphs share count once (LM tests)
+    texts = ["one two three", "seven", "four five six seven eight nine"]
+    answers = [TranslatorRuntime(v, read_config(v)).translate(texts, DecodeOptions(beam_size=3))
+               for v in (apart, shared)]
+    assert [a.target_ids for a in answers[0]] == [a.target_ids for a in answers[1]]
+    moved = tmp_path / "moved"
+    sh.copytree(shared.parent, moved)  # the folder is self-contained
+    assert [t.text for t in TranslatorRuntime(moved / "1", read_config(moved / "1")).translate(texts)] == [
+        t.text for t in answers[1]]

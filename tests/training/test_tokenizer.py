@@ -33,3 +33,16 @@ def test_lowercase_option_and_padding():
     assert enc.ids(["GREAT"]) == enc.ids(["great"])
     ids, lengths = pad_batch([[5, 6, 7], [8]])
     assert ids.tolist() == [[5, 6, 7], [8, PAD_ID, PAD_ID]] and lengths.tolist() == [3, 1]
+
+
+def test_chinese_is_read_character_by_character_and_decodes_without_spaces():
+    from training.tokenizer import train_tokenizer
+
+    zh = ["欢迎来北京。", "我是在北京学的中文。", "北京很大。", "我爱中文。", "欢迎回家。"] * 4
+    tok = train_tokenizer(zh, 400)
+    encoding = tok.encode("欢迎来北京。")
+    assert [tok.decode([i]) for i in encoding.ids] == list("欢迎来北京。")
+    for text in ["北京欢迎你。", "Hello 北京 123", "没见过的字龘。"]:
+        assert tok.decode(tok.encode(text).ids) == text  # exact, no space between characters
+    english = train_tokenizer(["a man rides a bike", "two dogs play"] * 10, 300)
+    assert english.pre_tokenizer.__class__.__name__ == "ByteLevel"  # texts without CJK keep the plain pre-tokenizer

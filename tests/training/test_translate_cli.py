@@ -8,10 +8,11 @@ import pytest
 import sacrebleu
 
 from service.engine.repository import read_config
+from service.engine.text import script_converter
 from service.engine.translator import DecodeOptions, TranslatorRuntime
 from tests.conftest import synthetic_pairs, write_tsv
 from tests.training.test_train_cli import seqserve
-from training.data import DataError
+from training.data import DataError, read_parallel_table
 from training.recipes import default_multi30k_dir, multi30k
 from training.translate import ParallelData
 
@@ -121,6 +122,49 @@ def test_misaligned_empty_and_filtered_out_files_fail_with_one_line(tmp_path):
         (["--data", tmp_path / "long.tsv", "--max-ratio", "2"], "removed by the length filters"),
         (["--data", "multi30k", "--pair", "en-zh"], "multi30k has no language 'zh'"),
         (["--data", "multi30k", "--cell", "rnn"], "translators use --cell lstm or --cell gru"),
+    ]
+    for args, message in cases:
+        result = seqserve("train", "translator", *args, "--out", tmp_path / "m", check=False, cwd=tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (args, result.stderr[-500:])
+
+
+def test_tsv_columns_by_index_or_name_with_script_conversion_and_quotes_kept(tmp_path):
+    """Tatoeba's layout (English, Chinese, attribution): either side by index, traditional characters made
+    simplified, and quotes kept as text (TSV has no quoting)."""
+    rows = ['"Look," she said.\t“看啊！” 她說道。\tCC-BY #1', "Welcome to Beijing.\t歡迎來北京。\tCC-BY #2",
+            "Thank you.\t谢谢。\tCC-BY #3"]
+    (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    pairs = read_parallel_table(tmp_path / "pairs.tsv", "1", "0", script_converter("t2s"))
+    assert sorted((p.src, p.tgt) for p in pairs) == sorted([("“看啊！” 她说道。", '"Look," she said.'),
+                                                            ("欢迎来北京。", "Welcome to Beijing."),
+                                                            ("谢谢。", "Thank you.")])
+    (tmp_path / "named.tsv").write_text("en\tzh\n" + "\n".join(rows[1:]) + "\n", encoding="utf-8")
+    named = read_parallel_table(tmp_path / "named.tsv", "zh", "en")
+    assert sorted(p.src for p in named) == ["歡迎來北京。", "谢谢。"]  # no conversion asked for
+
+
+def test_held_out_pair_counts_are_fixed_by_the_seed(tmp_path):
+    data = write_tsv(tmp_path / "pairs.tsv", synthetic_pairs(300, seed=1))
+    first = ParallelData(str(data), valid_pairs=20, test_pairs=50, seed=3).load()
+    again = ParallelData(str(data), valid_pairs=20, test_pairs=50, seed=3).load()
+    assert (len(first[1]), len(first[2])) == (20, 50) and first == again
+    assert ParallelData(str(data), valid_pairs=20, test_pairs=50, seed=4).load()[2] != first[2]
+
+
+def test_bad_tsv_columns_and_empty_sides_exit_2_naming_the_file_and_line(tmp_path):
+    (tmp_path / "zh.tsv").write_text("Hi.\t嗨。\tx\nRun.\t\u200b \tx\nBye.\t再见。\tx\n", encoding="utf-8")
+    (tmp_path / "short.tsv").write_text("Hi.\t嗨。\nRun.\n", encoding="utf-8")
+    (tmp_path / "head.tsv").write_text("en\tzh\nHi.\t嗨。\n", encoding="utf-8")
+    cases = [
+        (["--data", tmp_path / "zh.tsv", "--src-field", "1", "--tgt-field", "0"],
+         "zh.tsv:2: the source side (field 1) is empty after normalisation"),
+        (["--data", tmp_path / "zh.tsv", "--src-field", "1", "--tgt-field", "5"], "zh.tsv:1: expected at least 6"),
+        (["--data", tmp_path / "short.tsv"], "short.tsv:2: expected at least 2 columns, found 1"),
+        (["--data", tmp_path / "head.tsv", "--src-field", "zh", "--tgt-field", "fr"], "head.tsv:1: no column 'fr'"),
+        (["--data", tmp_path / "zh.tsv", "--src-script", "t2x"], "invalid choice: 't2x'"),
+        (["--data", tmp_path / "head.tsv", "--test-pairs", "1", "--valid-pairs", "1", "--src-field", "zh",
+          "--tgt-field", "en"], "leave none to train on"),
     ]
     for args, message in cases:
         result = seqserve("train", "translator", *args, "--out", tmp_path / "m", check=False, cwd=tmp_path)

@@ -268,7 +268,7 @@ def test_a_full_queue_gets_unavailable_with_retry_after(make_server):
 
 
 def test_a_burst_over_grpc_is_batched_and_matches_rest(make_server):
-    server, address = grpc_server(make_server)
+    server, address = grpc_server(make_server, response_cache_entries=0)  # every text computed, in batches
     texts = [f"{a} film with a {b} cast" for a in ("a superb", "a dull", "an odd", "a tedious", "a charming")
              for b in ("great", "weak", "large", "young")]
     numbers = ["one two", "three four five", "six", "seven eight", "nine one two", "four"]

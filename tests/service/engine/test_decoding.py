@@ -362,3 +362,22 @@ def test_export_fails_loudly_on_parity_mismatch(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(seq2seq_export, "check_parity", lambda model, out_dir: 0.25)
     with pytest.raises(ExportParityError, match="0.25"):
         export_seq2seq(Seq2Seq.from_config(cfg), cfg, tmp_path)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_the_n_best_come_best_first_distinct_and_led_by_the_answer(attn: Exported, sources: list[list[int]],
+                                                                    n: int) -> None:
+    plain = decode(attn.runner, sources[:40], search_factory(beam_size=4, length_penalty=0.6))
+    nbest = decode(attn.runner, sources[:40], search_factory(beam_size=4, length_penalty=0.6, num_hypotheses=n))
+    for one, best in zip(plain, nbest, strict=True):
+        assert best.tokens == one.tokens and best.score == one.score  # asking for more changes no answer
+        assert len(best.alternatives) == n and best.alternatives[0].tokens == best.tokens
+        scores = [h.score for h in best.alternatives]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in best.alternatives}) == n
+        for h in best.alternatives:  # each score is its own log-prob under the length penalty
+            length = len(h.tokens) + int(h.finished)
+            assert h.score == pytest.approx(h.log_prob / ((5 + length) / 6) ** 0.6)
+    assert all(not h.alternatives for h in plain)
+    with pytest.raises(ValueError, match="num_hypotheses"):
+        search_factory(beam_size=2, num_hypotheses=3)
