@@ -229,6 +229,10 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dis
         start_epoch = len(history.epochs)
         if env.main:
             log.info("resumed from %s at epoch %d", state_path, start_epoch + 1)
+    elif env.main:
+        for old in _epoch_checkpoints(work_dir):  # a fresh run in a reused work dir: never average another run's
+            old.unlink()
+        (work_dir / "averaged.safetensors").unlink(missing_ok=True)
     stale = sum(1 for e in history.epochs[history.best_epoch + 1:]) if history.best_epoch >= 0 else 0
     steps = 0
     for epoch in range(start_epoch, cfg.epochs):

