@@ -92,11 +92,11 @@ compare-tagger-cells: setup
 		--report docs/benchmarks/tagger-cells.md -- --epochs 20 --patience 20 $(CELLS_FLAGS)
 
 # en-de is bundled as its int8 variant (int8 weights, calibrated activation scales, LSTMs in float stored as float16,
-# the embedding the two graphs share stored once: 9 MB). 15 epochs of about 8 minutes on 1 core, the last 5 averaged.
+# the embedding the two graphs share stored once: 9 MB). 13 epochs of about 8 minutes on 1 core, the last 5 averaged.
 demo-en-de: setup
 	OMP_NUM_THREADS=1 $(BIN)/seqserve train translator --data multi30k --pair en-de --out runs/en-de-fp32 --overwrite \
 		--version 1 --work-dir runs/en-de --emb-dim 256 --hidden 256 --dec-hidden 256 --tie-embeddings \
-		--share-embeddings --vocab-size 8000 --dropout 0.3 --lr 1.5e-3 --batch-size 64 --epochs 15 --patience 15 \
+		--share-embeddings --vocab-size 8000 --dropout 0.3 --lr 1.5e-3 --batch-size 64 --epochs 13 --patience 13 \
 		--lr-decay 0.5 --average-last 5 --attention general --seed 1 $(EN_DE_FLAGS)
 	$(BIN)/seqserve quantize runs/en-de-fp32/1 --out model_repository/en-de --version 3 --overwrite \
 		--recurrent-weights float16 --shared-weights
@@ -105,12 +105,12 @@ demo-en-de: setup
 # Chinese -> English on Tatoeba's cmn-eng pairs as the file has them (English first, Chinese second, attribution
 # third): traditional characters made simplified (OpenCC t2s, in training and serving), Chinese read character by
 # character, 1,000 test pairs held out by seed, CC-CEDICT entries added to the training pairs (training/lexicon.py);
-# about an hour on 1 core. Bundled int8, LSTMs stored as float16.
+# about 45 minutes on 1 core. Bundled int8, LSTMs stored as float16.
 demo-zh-en: setup
 	OMP_NUM_THREADS=1 $(BIN)/seqserve train translator --data $(DATASETS)/tatoeba/cmn-eng.tsv --src-field 1 \
 		--tgt-field 0 --pair zh-en --src-script t2s --valid-pairs 1000 --test-pairs 1000 --out runs/zh-en-fp32 \
 		--overwrite --version 1 --work-dir runs/zh-en --separate-vocab --vocab-size 4000 --emb-dim 256 --hidden 192 \
-		--dec-hidden 256 --tie-embeddings --dropout 0.3 --lr 2e-3 --batch-size 64 --epochs 30 --patience 6 \
+		--dec-hidden 256 --tie-embeddings --dropout 0.3 --lr 2e-3 --batch-size 64 --epochs 14 --patience 6 \
 		--lr-decay 0.5 --average-last 5 --attention general --lexicon cc-cedict --seed 1 $(ZH_EN_FLAGS)
 	$(BIN)/seqserve quantize runs/zh-en-fp32/1 --out model_repository/zh-en --version 1 --overwrite \
 		--recurrent-weights float16
