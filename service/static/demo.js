@@ -154,7 +154,19 @@ async function translate() {
   const result = data.results[0];
   $("translate-output").textContent = result.translation;
   $("translate-score").textContent = `(score ${result.score.toFixed(3)}, ${data.model} v${data.version})`;
-  drawHeatmap($("attention-heatmap"), result.source_tokens, result.target_tokens, result.attention);
+  // A text of several sentences is translated sentence by sentence: one heatmap each.
+  const parts = result.sentences ?? [result];
+  const first = $("attention-heatmap");
+  for (const extra of [...first.parentElement.querySelectorAll("table.sentence-heatmap")]) extra.remove();
+  parts.forEach((part, i) => {
+    let table = first;
+    if (i > 0) {
+      table = document.createElement("table");
+      table.className = "sentence-heatmap";
+      first.parentElement.append(table);
+    }
+    drawHeatmap(table, part.source_tokens, part.target_tokens, part.attention);
+  });
   $("translate-result").hidden = false;
 }
 

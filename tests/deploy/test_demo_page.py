@@ -125,6 +125,18 @@ def test_demo_page_classifies_translates_and_draws_attention(make_server: Any, b
     assert all(re.search(r"background: rgba?\(39, 84, 197[,)]", c.get_attribute("style") or "") for c in cells)
     assert "error" not in (browser.find_element(By.ID, "translate-status").get_attribute("class") or "")
 
+    fill(browser, "translate-text", "two five. nine one!")  # two sentences: a heatmap each
+    browser.find_element(By.ID, "translate-submit").click()
+    paragraph = httpx.post(f"{server.url}/v1/translate", timeout=30, json={
+        "model": "numbers", "texts": ["two five. nine one!"], "beam_size": 1,
+        "return_attention": True}).json()["results"][0]
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.ID, "translate-output").text == paragraph["translation"])
+    tables = browser.find_elements(By.CSS_SELECTOR, "#attention-heatmap, table.sentence-heatmap")
+    assert len(tables) == len(paragraph["sentences"]) == 2
+    for table, sentence in zip(tables, paragraph["sentences"], strict=True):
+        assert len(table.find_elements(By.CSS_SELECTOR, "tbody tr")) == len(sentence["target_tokens"])
+
     screenshot = tmp_path / "demo.png"
     assert browser.save_screenshot(str(screenshot))
     data = screenshot.read_bytes()
