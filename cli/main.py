@@ -84,9 +84,9 @@ def _add_quantize(sub: Any) -> None:
                         "model records)")
     p.add_argument("--calibration-size", type=int, metavar="N",
                    help="how many of them, drawn at random (default 512)")
-    p.add_argument("--recurrent-weights", choices=["float32", "float16"], default="float32",
-                   help="how the LSTM/GRU weights, which stay in float, are stored (float16 halves them; they are "
-                        "computed in float32 all the same)")
+    p.add_argument("--recurrent-weights", choices=["float32", "float16", "int8"], default="float32",
+                   help="how the LSTM/GRU weights, which are computed in float, are stored: float16 halves them, int8 "
+                        "(weight-only, a scale per row) quarters them")
     p.add_argument("--shared-weights", action="store_true",
                    help="store the graphs' weights in one file beside them, each distinct tensor once (a translator's "
                         "shared embeddings are stored once)")

@@ -268,8 +268,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dis
         env.barrier()
         if cfg.max_steps and steps >= cfg.max_steps:
             break
-    if cfg.average_last > 1 and history.averaged is None:
-        _average_checkpoints(model, task, history, work_dir, cfg.average_last, env)
+    if cfg.average_last > 1 and (history.averaged is None
+                                 or history.averaged["epochs"] != _epoch_numbers(work_dir, cfg.average_last)):
+        _average_checkpoints(model, task, history, work_dir, cfg.average_last, env)  # none yet, or of older epochs
     load_model(model, str(work_dir / "best.safetensors"), device=str(device))
     return history
 
@@ -277,6 +278,10 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, work_dir: Path, env: Dis
 def _epoch_checkpoints(work_dir: Path) -> list[Path]:
     """The kept per-epoch weights, oldest first."""
     return sorted(work_dir.glob(EPOCH_CHECKPOINT.format(epoch="*")))
+
+
+def _epoch_numbers(work_dir: Path, keep: int) -> list[int]:
+    return [int(p.stem.split("-")[1]) for p in _epoch_checkpoints(work_dir)[-keep:]]
 
 
 def _keep_epoch_checkpoint(model: nn.Module, work_dir: Path, epoch: int, keep: int) -> None:
@@ -317,7 +322,7 @@ def _average_checkpoints(model: nn.Module, task: Task, history: History, work_di
         valid = task.validate(model)
     model.train()
     kept = valid["score"] >= history.best_score
-    history.averaged = {"epochs": [int(p.stem.split("-")[1]) for p in paths], "kept": kept,
+    history.averaged = {"epochs": _epoch_numbers(work_dir, keep), "kept": kept,
                         **{f"valid_{k}": v for k, v in valid.items()}}
     if env.main:
         log.info("average of epochs %s: %s (%s the best epoch's %.4f)", history.averaged["epochs"],

@@ -33,7 +33,7 @@ QUANTIZED_OPS = ["MatMul", "Gather"]
 WITHOUT_GATHER = ["MatMul"]
 CALIBRATION_SIZE = 512  # texts; activation ranges settle well before (Multi30k en-de: the same BLEU from 256)
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")  # their W, R and B inputs may be stored as float16 (--recurrent-weights)
-RECURRENT_DTYPES = ("float32", "float16")
+RECURRENT_DTYPES = ("float32", "float16", "int8")
 QUANTIZER_LIBRARIES = ("onnx", "onnxruntime")  # what rewrites the graphs; the rest of library_versions is training's
 SPLITS = ("train", "valid", "test")  # metrics.json splits that the recorded data can give again
 
@@ -43,8 +43,9 @@ def quantize_version(model_dir: Path, version: int | None = None, out: Path | No
                      recurrent_weights: str = "float32", shared_weights: bool = False) -> Path:
     """int8 weights for embeddings and MatMuls, activation scales calibrated on `calibration_size` texts: those of
     the `calibration` file (one per line), or else of the training split the source version records.
-    `recurrent_weights` float16 stores the float LSTM/GRU weights at half size; `shared_weights` stores the graphs'
-    weights in one file beside them, each distinct tensor once (a translator's shared embeddings, say)."""
+    `recurrent_weights` float16 stores the float LSTM/GRU weights at half size, int8 at a quarter (weight-only:
+    computed in float either way); `shared_weights` stores the graphs' weights in one file beside them, each distinct
+    tensor once (a translator's shared embeddings, say)."""
     if recurrent_weights not in RECURRENT_DTYPES:
         raise UserError(f"--recurrent-weights must be one of {', '.join(RECURRENT_DTYPES)}, got {recurrent_weights!r}")
     source = resolve_version_dir(model_dir)
@@ -75,7 +76,7 @@ def quantize_version(model_dir: Path, version: int | None = None, out: Path | No
         library_versions={**config.get("library_versions", {}), **package_versions(QUANTIZER_LIBRARIES)},
     )
     feeds = TOOLS[config["kind"]].calibration_feeds(source, read_config(source), texts)
-    _quantize_graphs(source, target, config, feeds, recurrent_weights == "float16")
+    _quantize_graphs(source, target, config, feeds, recurrent_weights)
     if shared_weights:
         if (config.get("files") or {}).get("weights"):
             raise UserError(f"{source} already keeps its weights in {config['files']['weights']}")
@@ -113,7 +114,7 @@ def calibration_texts(config: dict[str, Any], path: Path | None) -> tuple[list[s
 
 
 def _quantize_graphs(source: Path, target: Path, config: dict[str, Any], feeds: dict[str, list[Any]],
-                     half_recurrent: bool = False) -> None:
+                     recurrent_weights: str = "float32") -> None:
     """Every graph to int8 with static activation scales; without the Gather (embeddings) when the fully quantized
     graphs do not run."""
     ranges: dict[str, Any] = {}
@@ -121,8 +122,8 @@ def _quantize_graphs(source: Path, target: Path, config: dict[str, Any], feeds: 
         for key, graph in config["graphs"].items():
             quantize_dynamic(source / graph, target / graph, weight_type=QuantType.QInt8, op_types_to_quantize=ops)
             ranges[graph] = fix_activation_scales(target / graph, source / graph, feeds[key])
-            if half_recurrent:
-                store_recurrent_weights_as_half(target / graph)
+            if recurrent_weights != "float32":
+                store_recurrent_weights(target / graph, recurrent_weights)
         config["quantization"].update(ops=ops, activation_ranges=ranges)
         if _runs(target, config):
             return
@@ -131,24 +132,38 @@ def _quantize_graphs(source: Path, target: Path, config: dict[str, Any], feeds: 
     raise RuntimeError(f"{target}: the quantized graphs do not run")
 
 
-def store_recurrent_weights_as_half(path: Path) -> int:
-    """The weight, recurrence and bias initializers of every LSTM, GRU and RNN node stored as float16, each read
-    through a Cast to float32 (which onnxruntime folds when the session loads): the graph computes in float as
-    before, on weights rounded to float16, so answers stay independent of the batch. Returns the tensors halved."""
+def store_recurrent_weights(path: Path, dtype: str) -> int:
+    """The weight and recurrence (and, for float16, bias) initializers of every LSTM, GRU and RNN node stored as
+    `dtype`, read back through constant ops that onnxruntime folds when the session loads: float16 through a Cast;
+    int8 (symmetric, one scale per gate row, weight-only) through a Cast and a Mul by the row scales. The graph
+    computes in float as before, on the rounded weights, so answers stay independent of the batch. Returns how many
+    tensors were stored so."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(path))
     initializers = {t.name: t for t in model.graph.initializer}
-    wanted = {name for node in model.graph.node if node.op_type in RECURRENT_OPS for name in node.input[1:4]
+    inputs = slice(1, 4) if dtype == "float16" else slice(1, 3)  # int8: W and R; the small bias stays float
+    wanted = {name for node in model.graph.node if node.op_type in RECURRENT_OPS for name in node.input[inputs]
               if name in initializers and initializers[name].data_type == onnx.TensorProto.FLOAT}
     casts = []
     for name in sorted(wanted):
         tensor = initializers[name]
-        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), f"{name}.float16"))
-        casts.append(helper.make_node("Cast", [tensor.name], [name], to=onnx.TensorProto.FLOAT,
-                                      name=f"{name}.to_float"))
+        weights = numpy_helper.to_array(tensor)
+        if dtype == "float16":
+            tensor.CopyFrom(numpy_helper.from_array(weights.astype(np.float16), f"{name}.float16"))
+            casts.append(helper.make_node("Cast", [tensor.name], [name], to=onnx.TensorProto.FLOAT,
+                                          name=f"{name}.to_float"))
+            continue
+        scale = np.abs(weights).max(axis=-1, keepdims=True) / 127.0  # (directions, gate rows, 1)
+        scale[scale == 0] = 1.0
+        tensor.CopyFrom(numpy_helper.from_array(np.clip(np.round(weights / scale), -127, 127).astype(np.int8),
+                                                f"{name}.int8"))
+        model.graph.initializer.append(numpy_helper.from_array(scale.astype(np.float32), f"{name}.scale"))
+        casts += [helper.make_node("Cast", [tensor.name], [f"{name}.unscaled"], to=onnx.TensorProto.FLOAT,
+                                   name=f"{name}.to_float"),
+                  helper.make_node("Mul", [f"{name}.unscaled", f"{name}.scale"], [name], name=f"{name}.rescale")]
     nodes = [*casts, *model.graph.node]
     model.graph.ClearField("node")
     model.graph.node.extend(nodes)

@@ -27,7 +27,7 @@ from training.quantize import quantize_version
 BUNDLED = ROOT / "model_repository"
 TOLERANCE = 1e-5
 CLASSIFIERS = ("sentiment", "sentiment-int8", "reviews", "reviews-int8")
-TRANSLATORS = ("en-de", "numbers", "numbers-int8")
+TRANSLATORS = ("en-de", "zh-en", "numbers", "numbers-int8")
 TAGGERS = ("atis", "flights", "flights-int8")
 LMS = ("captions-lm", "animals")
 
@@ -42,12 +42,13 @@ def held_out_texts(version: Path, count: int, seed: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, classifier_version, translator_version, tagger_version, lm_version):
-    """The bundled models as they ship (sentiment and atis fp32, en-de int8), sentiment quantized here, and the tiny
-    models in fp32 and int8."""
+    """The bundled models as they ship (sentiment and atis fp32, en-de and zh-en int8), sentiment quantized here,
+    and the tiny models in fp32 and int8."""
     root = tmp_path_factory.mktemp("invariance")
     repo = root / "repo"
     shutil.copytree(resolve_version_dir(BUNDLED / "sentiment"), repo / "sentiment" / "1")
     shutil.copytree(resolve_version_dir(BUNDLED / "en-de"), repo / "en-de" / "1")
+    shutil.copytree(resolve_version_dir(BUNDLED / "zh-en"), repo / "zh-en" / "1")
     shutil.copytree(resolve_version_dir(BUNDLED / "atis"), repo / "atis" / "1")
     shutil.copytree(resolve_version_dir(BUNDLED / "captions-lm"), repo / "captions-lm" / "1")
     shutil.copytree(lm_version, repo / "animals" / "1")
@@ -58,7 +59,8 @@ def served(tmp_path_factory, classifier_version, translator_version, tagger_vers
         quantize_version(repo / name / "1", version=1, out=repo / f"{name}-int8", calibration_size=128)
     texts = {name: held_out_texts(repo / name / "1", 32, seed=len(name))
              for name in (*CLASSIFIERS, *TRANSLATORS, *TAGGERS, *LMS)}
-    server = ProcessServer(repo, root / "server.log", max_queue_delay_ms="20")
+    # no response cache: every text is computed each time, alone and in every batch it is sent in
+    server = ProcessServer(repo, root / "server.log", max_queue_delay_ms="20", response_cache_entries="0")
     yield server, texts
     assert server.stop() == 0
 

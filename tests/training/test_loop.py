@@ -108,6 +108,9 @@ def test_the_last_epochs_are_averaged_and_kept_only_if_they_validate_better(tmp_
     assert (tmp_path / "best-epoch.safetensors").is_file() is average_wins
     again = loop.fit(torch.nn.Linear(2, 1), _ScriptedTask(scores), cfg, tmp_path, loop.Dist(), resume=True)
     assert again.averaged == history.averaged  # a finished run resumes to the same answer, averaged once
+    longer = loop.TrainConfig(epochs=6, lr=0.1, patience=9, average_last=3)
+    more = loop.fit(torch.nn.Linear(2, 1), _ScriptedTask([0.1, 0.2, 0.3]), longer, tmp_path, loop.Dist(), resume=True)
+    assert more.averaged is not None and more.averaged["epochs"] == [4, 5, 6]  # resumed for more: averaged again
     short = loop.TrainConfig(epochs=2, lr=0.1, patience=5, average_last=3)
     fresh = loop.fit(torch.nn.Linear(2, 1), _ScriptedTask([1.0, 2.0, 0.5]), short, tmp_path, loop.Dist())
     assert fresh.averaged is not None and fresh.averaged["epochs"] == [1, 2]  # never the earlier run's epochs

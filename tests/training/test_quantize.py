@@ -242,8 +242,9 @@ def test_a_tagger_quantizes_with_its_crf_and_its_f1_cost(tagger_data: Path, tmp_
                                    atol=1e-6)
 
 
-def test_recurrent_weights_stored_as_float16_halve_the_lstms_and_keep_answers_batch_invariant(
-    translator_version: Path, tmp_path: Path
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_recurrent_weights_stored_smaller_keep_answers_close_and_batch_invariant(
+    translator_version: Path, tmp_path: Path, dtype: str
 ) -> None:
     import onnx
 
@@ -251,17 +252,22 @@ def test_recurrent_weights_stored_as_float16_halve_the_lstms_and_keep_answers_ba
 
     full = quantize_version(translator_version, version=1, out=tmp_path / "full", calibration_size=64)
     half = quantize_version(translator_version, version=1, out=tmp_path / "half", calibration_size=64,
-                            recurrent_weights="float16")
-    assert read_config(half)["quantization"]["recurrent_weights"] == "float16"
+                            recurrent_weights=dtype)
+    assert read_config(half)["quantization"]["recurrent_weights"] == dtype
+    stored = onnx.TensorProto.FLOAT16 if dtype == "float16" else onnx.TensorProto.INT8
     for graph in read_config(half)["graphs"].values():
         model = onnx.load(str(half / graph))
         inits = {t.name: t for t in model.graph.initializer}
         lstms = [n for n in model.graph.node if n.op_type == "LSTM"]
-        casts = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast"}
+        made = {n.output[0]: n for n in model.graph.node if n.op_type in ("Cast", "Mul")}
         assert lstms
-        for node in lstms:  # W and R come through a Cast from a float16 initializer
+        for node in lstms:  # W and R come through a Cast (and, for int8, a Mul by row scales) from the initializer
             for name in node.input[1:3]:
-                assert inits[casts[name]].data_type == onnx.TensorProto.FLOAT16
+                step = made[name]
+                if dtype == "int8":
+                    assert step.op_type == "Mul" and step.input[1] in inits
+                    step = made[step.input[0]]
+                assert step.op_type == "Cast" and inits[step.input[0]].data_type == stored
         assert (half / graph).stat().st_size < (full / graph).stat().st_size
     texts = ["one two three", "seven", "four five six seven eight nine", "two two"]
     runtimes = [TranslatorRuntime(v, read_config(v)) for v in (full, half)]
