@@ -55,9 +55,11 @@ class ServiceProcess:
     def __init__(self, repo: Path, log_path: Path, ready_timeout: float = 120.0, *, source: Path | None = None,
                  env: dict[str, str] | None = None, **settings: str) -> None:
         """`source`: a source tree to run the service from instead of this one (an A/B against another commit);
-        `env`: variables added to this process's environment."""
+        `env`: variables added to this process's environment. The response cache is off unless a setting turns it
+        on: benchmarks send the same texts again and again, and measure computing them (loadtest/bench_cache.py
+        measures the cache)."""
         self.repo, self.log_path, self.ready_timeout = repo, log_path, ready_timeout
-        self.source, self.env = source, env
+        self.source, self.env = source, {"SEQSERVE_RESPONSE_CACHE_ENTRIES": "0", **(env or {})}
         self.flags = [arg for name, value in settings.items() for arg in (f"--{name.replace('_', '-')}", value)]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
