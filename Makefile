@@ -98,6 +98,7 @@ demo-en-de: setup
 		--version 1 --work-dir runs/en-de --emb-dim 256 --hidden 256 --dec-hidden 256 --tie-embeddings \
 		--share-embeddings --vocab-size 8000 --dropout 0.3 --lr 1.5e-3 --batch-size 64 --epochs 16 --patience 16 \
 		--lr-decay 0.5 --average-last 5 --attention general --seed 1 $(EN_DE_FLAGS)
+	$(BIN)/seqserve shortlist runs/en-de-fp32/1
 	$(BIN)/seqserve quantize runs/en-de-fp32/1 --out model_repository/en-de --version 3 --overwrite \
 		--recurrent-weights float16 --shared-weights
 	$(BIN)/seqserve evaluate model_repository/en-de --split test2016 --beam-size 5 --plot-attention 3

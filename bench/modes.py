@@ -39,11 +39,16 @@ def multi30k_english(data_dir: Path | None = None, names: Sequence[str] = MULTI3
     return sentences
 
 
+FULL = "-full"  # a mode's suffix: the model's lexical shortlist turned off (SEQSERVE_NO_SHORTLIST)
+
+
 def parse_modes(text: str) -> list[str]:
-    """'continuous,none' -> ['continuous', 'none']: a non-empty subset of MODES."""
+    """'continuous,none' -> ['continuous', 'none']: a non-empty subset of MODES, each also as MODE-full (decoding
+    over the whole vocabulary, for a translator that ships a shortlist)."""
     modes = [m.strip() for m in text.split(",") if m.strip()]
-    if not modes or set(modes) - set(MODES):
-        raise UserError(f"--modes takes a comma-separated subset of {', '.join(MODES)}")
+    if not modes or {m.removesuffix(FULL) for m in modes} - set(MODES):
+        raise UserError(f"--modes takes a comma-separated subset of {', '.join(MODES)} (each also as MODE{FULL}: "
+                        "without the model's shortlist)")
     return modes
 
 
@@ -91,7 +96,9 @@ def measure(a: argparse.Namespace, path: str, source: Callable[[], CallSource], 
         from bench.server import ServiceProcess
 
         for mode in a.modes:
-            with ServiceProcess(a.repo, log_dir / f"serve-{mode}.log", models=a.model, scheduler=mode) as server:
+            settings = {"no_shortlist": a.model} if mode.endswith(FULL) else {}
+            with ServiceProcess(a.repo, log_dir / f"serve-{mode}.log", models=a.model,
+                                scheduler=mode.removesuffix(FULL), **settings) as server:
                 points += service_points(mode, f"{server.url}{path}", source, check, a)
     return points
 

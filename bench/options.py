@@ -88,6 +88,8 @@ def add_bench_commands(sub: Any) -> None:
     tr = workloads.add_parser("translate", help="mixed short/long translations per scheduler mode")
     _mixed(tr, "en-de", "share of long (25-40 word) requests", "concurrency at which modes are compared")
     tr.add_argument("--beam-size", type=int, default=4, help="1 for greedy (default 4, the API default)")
+    tr.add_argument("--engine", action="store_true", help="also drive the bare decoding engine (the served model's "
+                    "continuous scheduler in this process, no HTTP) at --ratio-level, and set the service against it")
     tr.set_defaults(func=_run_translate)
     gen = workloads.add_parser("generate", help="generated tokens/s and latency of mixed short/long sampled "
                                "continuations per scheduler mode")

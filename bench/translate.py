@@ -69,11 +69,21 @@ def check_answer(call: Call, body: Any) -> str | None:
     return None
 
 
+ENGINE = "bare engine"  # the series of the in-process decoding engine (--engine)
+
+
 def measure(a: argparse.Namespace, short: Sequence[str], long: Sequence[str], log_dir: Path) -> Series:
     def source() -> MixedSource:
         return MixedSource(short, long, a.model, a.beam_size, a.long_fraction, a.seed)
 
-    return measure_modes(a, "/v1/translate", source, check_answer, log_dir)
+    series = measure_modes(a, "/v1/translate", source, check_answer, log_dir)
+    if getattr(a, "engine", False) and a.repo:
+        from bench.engine_loop import engine_points
+        from service.engine.repository import resolve_version_dir
+
+        series += engine_points(ENGINE, resolve_version_dir(a.repo / a.model), a.model, source, [a.ratio_level],
+                                a.seconds, a.warmup, a.repeats, {"response_cache_entries": 0})
+    return series
 
 
 def results_table(points: Sequence[Point]) -> str:
@@ -92,7 +102,19 @@ def ratio_table(points: Sequence[Point], level: int) -> str:
             for other in ("static", "none")]
     rows += [[f"{kind} {name[:3]} latency vs static", ratio(get("continuous", kind, name), get("static", kind, name))]
              for kind in ("short", "long") for name in ("p50_ms", "p99_ms")]
-    return markdown_table([f"continuous / other at concurrency {level}", "ratio"], rows)
+    text = markdown_table([f"continuous / other at concurrency {level}", "ratio"], rows)
+    measured = {p.series for p in points}
+    for mode in sorted(m for m in measured if f"{m}-full" in measured):  # the shortlist's speed-up, mode by mode
+        rows = [["translations/s", ratio(get(mode, "all", "throughput"), get(f"{mode}-full", "all", "throughput"))]]
+        rows += [[f"{kind} {name[:3]} latency", ratio(get(mode, kind, name), get(f"{mode}-full", kind, name))]
+                 for kind in ("short", "long") for name in ("p50_ms", "p99_ms")]
+        text += "\n" + markdown_table([f"{mode} with the shortlist / without at concurrency {level}", "ratio"], rows)
+    if ENGINE in measured and "continuous" in measured:
+        rows = [["translations/s", ratio(get("continuous", "all", "throughput"), get(ENGINE, "all", "throughput"))]]
+        rows += [[f"{kind} {name[:3]} latency", ratio(get("continuous", kind, name), get(ENGINE, kind, name))]
+                 for kind in ("short", "long") for name in ("p50_ms", "p99_ms")]
+        text += "\n" + markdown_table([f"service (continuous) / {ENGINE} at concurrency {level}", "ratio"], rows)
+    return text
 
 
 def report(series: Series, a: argparse.Namespace, source: str, counts: tuple[int, int],

@@ -106,6 +106,27 @@ def _cmd_quantize(a: argparse.Namespace) -> None:
     logging.getLogger("seqserve").info("wrote %s", path)
 
 
+def _add_shortlist(sub: Any) -> None:
+    p = sub.add_parser("shortlist", help="learn a translator version's lexical shortlist (faster CPU decoding) from "
+                                         "its training pairs and add it, with its step graph, to the version")
+    p.add_argument("model_dir", type=Path, help="model_repository/NAME[/VERSION] (latest version if omitted)")
+    p.add_argument("--data", help="training pairs to learn from (default: the data the model records)")
+    p.add_argument("--target-data", help="target-side file aligned with --data")
+    p.add_argument("--per-source", type=int, default=20, metavar="K",
+                   help="the K most likely target tokens kept per source token (default 20)")
+    p.add_argument("--frequent", type=int, default=100, metavar="N",
+                   help="the N most frequent target tokens every sentence gets (default 100)")
+    p.add_argument("--min-prob", type=float, default=0.01, metavar="P",
+                   help="drop translation candidates less likely than P (default 0.01)")
+    p.set_defaults(func=_cmd_shortlist)
+
+
+def _cmd_shortlist(a: argparse.Namespace) -> None:
+    from training.shortlist import shortlist_version
+
+    shortlist_version(a.model_dir, a.data, a.target_data, a.per_source, a.frequent, a.min_prob)
+
+
 def _add_serve(sub: Any) -> None:
     from service.settings import Settings
 
@@ -141,8 +162,8 @@ def _add_bench(sub: Any) -> None:
     add_bench_commands(sub)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, _add_export, _add_quantize, _add_serve,
-                                         _add_bench]
+COMMANDS: list[Callable[[Any], None]] = [_add_train, _add_evaluate, _add_export, _add_quantize, _add_shortlist,
+                                         _add_serve, _add_bench]
 
 
 def build_parser() -> Parser:

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     default_beam_size: int = Field(4, ge=1)
     max_beam_size: int = Field(16, ge=1)
     max_output_tokens: int = Field(256, ge=1)
+    no_shortlist: list[str] = Field(default_factory=list, description="translators decoded over the whole "
+                                    "vocabulary even though they ship a lexical shortlist")
 
     response_cache_entries: int = Field(10_000, ge=0, description="answers the exact-match response cache holds "
                                         "(keyed on model, version, text and options; 0: no cache)")

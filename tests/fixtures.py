@@ -71,6 +71,17 @@ def translator_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shortlisted_version(tmp_path_factory: pytest.TempPathFactory, translator_version: Path) -> Path:
+    """The tiny translator with a lexical shortlist (`seqserve shortlist`), kept small so that it cuts."""
+    from training.shortlist import shortlist_version
+
+    path = tmp_path_factory.mktemp("shortlisted") / "numbers" / "1"
+    shutil.copytree(translator_version, path)
+    shortlist_version(path, per_source=5, frequent=10, min_prob=0.01)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tagger_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A toy slot-filling data set with intents, in the ATIS/SNIPS folder format."""
     return write_seq_folder(tmp_path_factory.mktemp("tagged") / "flights",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,12 +18,14 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from service.engine.kinds import load_runtime
 from service.engine.repository import next_version, read_config, resolve_version_dir, write_json
+from service.engine.shortlist import describe as shortlist_entry
 from service.errors import UserError
 from training.calibration import fix_activation_scales, sample_texts
 from training.evaluate import evaluate_version, load_eval_data
 from training.kinds import TOOLS
 from training.lm_export import WEIGHTS, share_initializers
 from training.repo_writer import VersionWriter, file_digest, invocation, new_version_from, package_versions, stale_data
+from training.shortlist import add_shortlist_graph
 
 log = logging.getLogger("seqserve.quantize")
 # What gets int8 weights. Recurrent ops (LSTM, GRU) stay in float: onnxruntime's only int8 LSTM,
@@ -80,7 +83,9 @@ def quantize_version(model_dir: Path, version: int | None = None, out: Path | No
     if shared_weights:
         if (config.get("files") or {}).get("weights"):
             raise UserError(f"{source} already keeps its weights in {config['files']['weights']}")
-        share_initializers([target / graph for graph in config["graphs"].values()])
+        entry = shortlist_entry(config)
+        share_initializers([target / graph for graph in [*config["graphs"].values(), *([entry["graph"]] if entry
+                                                                                      else [])]])
         config["files"] = {**(config.get("files") or {}), "weights": WEIGHTS}
         if not _runs(target, config):
             raise RuntimeError(f"{target}: the graphs do not run with their weights in {WEIGHTS}")
@@ -124,12 +129,22 @@ def _quantize_graphs(source: Path, target: Path, config: dict[str, Any], feeds: 
             ranges[graph] = fix_activation_scales(target / graph, source / graph, feeds[key])
             if recurrent_weights != "float32":
                 store_recurrent_weights(target / graph, recurrent_weights)
+        carry_shortlist(source, target, config)
         config["quantization"].update(ops=ops, activation_ranges=ranges)
         if _runs(target, config):
             return
         if ops is QUANTIZED_OPS:
             log.warning("the fully quantized graphs do not run; keeping embeddings in float")
     raise RuntimeError(f"{target}: the quantized graphs do not run")
+
+
+def carry_shortlist(source: Path, target: Path, config: dict[str, Any]) -> None:
+    """A translator's shortlist goes with it, its step graph made again from the int8 step graph."""
+    entry = shortlist_entry(config)
+    if entry is None:
+        return
+    shutil.copyfile(source / entry["file"], target / entry["file"])
+    add_shortlist_graph(target / config["graphs"]["decoder"], target / entry["graph"])
 
 
 def store_recurrent_weights(path: Path, dtype: str) -> int:

@@ -300,6 +300,7 @@ def load_eval_pairs(config: dict[str, Any], args: Any) -> list[Pair]:
 def calibration_feeds(version_dir: Path, config: dict[str, Any], texts: Sequence[str]) -> dict[str, list[Feeds]]:
     """The encoder's and every decoder step's feeds while the float model translates the texts (greedy)."""
     runtime = TranslatorRuntime(version_dir, config)
+    runtime.use_shortlist = False  # the full step graph is calibrated; the shortlist graph is made from it
     encoder, decoder = Recorder(runtime.runner.encoder), Recorder(runtime.runner.decoder)
     runtime.runner.encoder, runtime.runner.decoder = encoder, decoder
     for batch in in_batches(texts, CALIBRATION_BATCH):

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -42,6 +42,12 @@ class TranslateRequest(BaseModel):
     split_sentences: bool = Field(True, description="translate a text of several sentences sentence by sentence, "
                                   "joined back with the text's own whitespace (false: as one sequence)")
     return_attention: bool = False
+    shortlist: bool = Field(True, description="decode over the sentence's lexical shortlist when the model has one "
+                            "(faster on CPU; false: over the whole vocabulary)")
+    early_stopping: Literal["bound", "length", "beam"] = Field(
+        "bound", description="when a beam search stops: bound (as soon as no live hypothesis can beat the best "
+        "finished one; the answer of searching to the length limit), length (the best live one scored at its current "
+        "length), beam (once beam_size hypotheses have finished: fewest steps, may change answers)")
 
 
 class TranslateStreamRequest(BaseModel):
@@ -54,6 +60,12 @@ class TranslateStreamRequest(BaseModel):
     max_length: int | None = Field(None, ge=1)
     length_penalty: float | None = Field(None, ge=0.0, le=5.0)
     num_hypotheses: int | None = Field(None, ge=1, description="the n best, in the final event")
+    shortlist: bool = Field(True, description="decode over the sentence's lexical shortlist when the model has one "
+                            "(faster on CPU; false: over the whole vocabulary)")
+    early_stopping: Literal["bound", "length", "beam"] = Field(
+        "bound", description="when a beam search stops: bound (as soon as no live hypothesis can beat the best "
+        "finished one; the answer of searching to the length limit), length (the best live one scored at its current "
+        "length), beam (once beam_size hypotheses have finished: fewest steps, may change answers)")
 
 
 class Hypothesis(BaseModel):
@@ -104,7 +116,8 @@ def decode_options(body: TranslateRequest | TranslateStreamRequest, settings: Se
         raise InvalidInput(f"num_hypotheses {n} exceeds beam_size={beam}: a beam of {beam} finds at most {beam} "
                            "translations")
     options = DecodeOptions(beam_size=beam, max_tokens=max_tokens, num_hypotheses=n,
-                            split_sentences=getattr(body, "split_sentences", False))
+                            split_sentences=getattr(body, "split_sentences", False), shortlist=body.shortlist,
+                            early_stopping=body.early_stopping)
     if body.length_penalty is not None:
         options = replace(options, length_penalty=body.length_penalty)
     return options
@@ -185,10 +198,10 @@ def _events(model: Any, future: asyncio.Future[Translation], updates: asyncio.Qu
 
 
 def v2_options(params: dict[str, Any], settings: Settings) -> DecodeOptions:
-    """Decoding options from the v2 parameters beam_size, max_length, length_penalty, num_hypotheses and
-    split_sentences (as in /v1/translate)."""
+    """Decoding options from the v2 parameters beam_size, max_length, length_penalty, num_hypotheses,
+    split_sentences, shortlist and early_stopping (as in /v1/translate)."""
     request = parameters(TranslateRequest, params, ("beam_size", "max_length", "length_penalty", "num_hypotheses",
-                                                    "split_sentences"), texts=["-"])
+                                                    "split_sentences", "shortlist", "early_stopping"), texts=["-"])
     return decode_options(request, settings)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from service.batching.scheduler import SeqRequest
 from service.engine.decoding import Search, Seq2SeqRunner, step_candidates
+from service.engine.shortlist import CandidateUnion
 from service.engine.text import pad_batch
 from service.engine.translator import Translation, TranslatorRuntime
 from service.metrics import Metrics
@@ -87,6 +88,11 @@ class DecodeEngine:
         self.buffers = RowBuffers(max_rows)
         self.active: list[SeqRequest] = []  # their rows, in this order, are the buffers' rows
         self.states: dict[str, np.ndarray] = {}
+        shortlisted = runtime.shortlist is not None and runtime.use_shortlist and self.runner.vocab is not None
+        # the active requests' shortlists, kept as they join and leave; the step's mask is rebuilt only when the
+        # active requests or the union change
+        self.union = CandidateUnion(self.runner.vocab) if shortlisted and self.runner.vocab else None
+        self._mask: tuple[int, np.ndarray] | None = None  # (union rebuild count, mask) for the current active list
 
     @property
     def rows(self) -> int:
@@ -118,6 +124,11 @@ class DecodeEngine:
         if not leaving:
             return
         gone = {id(r) for r in leaving}
+        if self.union is not None:
+            for r in leaving:
+                if id(r) in self.union.members:
+                    self.union.remove(id(r))
+        self._mask = None
         order = list(range(sum(r.rows for r in self.active)))  # order[i]: old row now at row i
         for r in sorted((r for r in self.active if id(r) in gone), key=lambda r: -r.first_row):
             at, n = r.first_row, r.rows
@@ -149,9 +160,14 @@ class DecodeEngine:
         ids, lengths = pad_batch([r.item.src_ids for r in admitted])
         encoded = self.runner.encode(ids, lengths)
         new_states: dict[str, list[np.ndarray]] = {k: [] for k in encoded.states}
+        self._mask = None
         for i, r in enumerate(admitted):
             n = int(lengths[i])
             r.search = r.item.options.factory()(n)
+            if self.union is not None:
+                shortlist = self.runtime.shortlist
+                assert shortlist is not None
+                self.union.add(id(r), shortlist.for_sentence(r.item.src_ids) if r.item.options.shortlist else None)
             r.rows = max(r.search.rows, r.item.options.beam_size)  # reserved for the whole search
             outputs = {"memory": encoded.memory[i, :n]}
             if encoded.keys is not None:
@@ -177,7 +193,7 @@ class DecodeEngine:
         self.metrics.batch_size.labels(self.name).observe(len(tokens))  # rows in this decoder step
         start = time.perf_counter()
         step = self.runner.step(tokens, self.buffers.view("memory"), self.buffers.view("keys"), self.buffers.mask(),
-                                self.states, step_candidates(searches))
+                                self.states, step_candidates(searches), self._candidates())
         self.metrics.decode_step.labels(self.name).observe(time.perf_counter() - start)
         follow, finished = [], []
         for r, search in zip(self.active, searches, strict=True):
@@ -195,6 +211,16 @@ class DecodeEngine:
         index = np.concatenate(follow)
         self.states = {k: v[index] for k, v in step.states.items()}
         return finished
+
+
+    def _candidates(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The step's candidate ids and row mask; None when every active request decodes over the whole vocabulary."""
+        union = self.union
+        if union is None or union.full == len(union):
+            return None
+        if self._mask is None or self._mask[0] != union.rebuilds:
+            self._mask = (union.rebuilds, union.mask([id(r) for r in self.active], [r.rows for r in self.active]))
+        return union.ids, self._mask[1]
 
 
 def _fill(values: np.ndarray, n: int) -> np.ndarray:

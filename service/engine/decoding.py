@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.engine.shortlist import CANDIDATE_MASK_INPUT, CANDIDATES_INPUT, CandidateUnion
 from service.engine.text import BOS_ID, EOS_ID
 
 SENTENCE_INPUTS = ("memory", "keys", "src_mask")  # per-sentence step inputs, shared by a sentence's rows
@@ -55,10 +56,13 @@ class Hypothesis:
 class Seq2SeqRunner:
     """Runs encoder.onnx and the one-step decoder.onnx; learns the state names from the graphs."""
 
-    def __init__(self, encoder_session: Any, decoder_session: Any, graph_top_k: bool = True) -> None:
-        """graph_top_k=False selects candidates in numpy even when the step graph could (for comparisons)."""
+    def __init__(self, encoder_session: Any, decoder_session: Any, graph_top_k: bool = True,
+                 shortlist_session: Any = None) -> None:
+        """graph_top_k=False selects candidates in numpy even when the step graph could (for comparisons).
+        `shortlist_session` is the step graph over candidate ids (`decoder_shortlist.onnx`), when the model has one."""
         self.encoder = encoder_session
         self.decoder = decoder_session
+        self.shortlist_decoder = shortlist_session
         enc_outputs = [o.name for o in encoder_session.get_outputs()]
         self.state_names = [n for n in enc_outputs if n not in MEMORY_OUTPUTS]
         self.step_inputs = [i.name for i in decoder_session.get_inputs()]
@@ -78,6 +82,18 @@ class Seq2SeqRunner:
         scores = list(TOP_K_OUTPUTS) if self.top_k_in_graph else ["log_probs"]
         self._step_outputs = [*scores, *(["attention"] if self.attends else []),
                               *(f"{n}_out" for n in self.state_names)]
+        if shortlist_session is not None:
+            self._check_shortlist_graph(shortlist_session)
+
+    def _check_shortlist_graph(self, session: Any) -> None:
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = {o.name for o in session.get_outputs()}
+        wanted = set(self.step_inputs) | {CANDIDATES_INPUT, CANDIDATE_MASK_INPUT, TOP_K_INPUT}
+        if inputs != wanted or not set(self._step_outputs) | set(TOP_K_OUTPUTS) <= outputs | {"log_probs"}:
+            raise ValueError(f"the shortlist step graph takes {sorted(inputs)} and gives {sorted(outputs)}; expected "
+                             f"the step graph's inputs with {CANDIDATES_INPUT} and {CANDIDATE_MASK_INPUT}")
+        self._shortlist_outputs = [*TOP_K_OUTPUTS, *(["attention"] if self.attends else []),
+                                   *(f"{n}_out" for n in self.state_names)]
 
     def encode(self, src_ids: np.ndarray, src_lengths: np.ndarray) -> EncoderOutput:
         """src_ids (B, S) int64 padded, src_lengths (B,) int64 -> memory, keys, mask, initial states."""
@@ -96,12 +112,27 @@ class Seq2SeqRunner:
     def step(
         self, tokens: np.ndarray, memory: np.ndarray | None, keys: np.ndarray | None,
         src_mask: np.ndarray | None, states: dict[str, np.ndarray], k: int = 1,
+        shortlist: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> StepOutput:
-        """One decoder step for R rows: each row's k best next tokens, attention (R, S) or None, next states."""
+        """One decoder step for R rows: each row's k best next tokens, attention (R, S) or None, next states.
+
+        With `shortlist` (candidate ids (C,), sorted, and a mask (R, C)) the shortlist graph scores only those ids,
+        each row over its own masked ones (see engine/shortlist.py); ids come back in the full vocabulary."""
+        if shortlist is not None and self.shortlist_decoder is None:
+            raise ValueError("this model has no shortlist step graph")
         if self.vocab is not None:
             k = min(k, self.vocab)
         available = {"tokens": np.asarray(tokens, dtype=np.int64), "memory": memory, "keys": keys,
                      "src_mask": src_mask, TOP_K_INPUT: np.array([k], dtype=np.int64), **states}
+        if shortlist is not None:
+            candidates, mask = shortlist
+            available[TOP_K_INPUT] = np.array([min(k, len(candidates))], dtype=np.int64)
+            feeds = {name: available[name] for name in self.step_inputs}
+            feeds[CANDIDATES_INPUT], feeds[CANDIDATE_MASK_INPUT] = candidates, mask
+            out = dict(zip(self._shortlist_outputs, self.shortlist_decoder.run(self._shortlist_outputs, feeds),
+                           strict=True))
+            return StepOutput(out["top_log_probs"], out["top_ids"], out.get("attention"),
+                              {n: out[f"{n}_out"] for n in self.state_names})
         feeds = {name: available[name] for name in self.step_inputs}
         out = dict(zip(self._step_outputs, self.decoder.run(self._step_outputs, feeds), strict=True))
         if self.top_k_in_graph:
@@ -235,20 +266,34 @@ class _Beam:
     log_prob: float
 
 
+EARLY_STOPPING = ("bound", "length", "beam")  # beam search's stopping rules; the first is the default
+
+
 class BeamSearch:
     """Beam search with GNMT length penalty; beam_size 1 makes the same choices as GreedySearch.
 
     Each step keeps the beam_size best non-EOS continuations; an EOS among the beam_size best
-    candidates finishes a hypothesis. The search stops once it has beam_size finished hypotheses and
-    the best live one, scored at its current length, cannot beat the worst of them (exact when
-    length_penalty is 0), or after max_len steps.
+    candidates finishes a hypothesis. The search ends after max_len steps, when no live hypothesis is
+    left, or by its `early_stopping` rule:
+
+    - "bound" (default): once num_hypotheses have finished and none of the live ones can beat the n-th best of
+      them. A live hypothesis's final score is at most its log-prob so far (later tokens only add log-probs
+      at most 0) over the most favourable length penalty it could still reach (at max_len for a positive
+      alpha), so this never changes the answer of searching to max_len; it stops as soon as the answer is settled.
+    - "length": once beam_size have finished and the best live one, scored at its current length, cannot beat the
+      worst of them (the rule of OpenNMT-py and of Hugging Face's early_stopping=False; exact only for alpha 0).
+    - "beam": once beam_size have finished (Hugging Face's early_stopping=True); fewest steps, may change answers.
     """
 
-    def __init__(self, beam_size: int, max_len: int, length_penalty: float = 0.0, num_hypotheses: int = 1) -> None:
+    def __init__(self, beam_size: int, max_len: int, length_penalty: float = 0.0, num_hypotheses: int = 1,
+                 early_stopping: str = "bound") -> None:
         if beam_size < 1 or max_len < 1:
             raise ValueError(f"beam_size and max_len must be at least 1, got {beam_size} and {max_len}")
         if not 1 <= num_hypotheses <= beam_size:
             raise ValueError(f"num_hypotheses must be between 1 and beam_size={beam_size}, got {num_hypotheses}")
+        if early_stopping not in EARLY_STOPPING:
+            raise ValueError(f"early_stopping must be one of {', '.join(EARLY_STOPPING)}, got {early_stopping!r}")
+        self.early_stopping = early_stopping
         self.beam_size = beam_size
         self.num_hypotheses = num_hypotheses
         self.max_len = max_len
@@ -288,6 +333,8 @@ class BeamSearch:
         # Each row has one EOS candidate, so the 2k best hold at least k non-EOS continuations.
         for rank, index in enumerate(ranked):
             parent, y, total = int(parents_of[index]), int(ids[index]), float(totals[index])
+            if total == -math.inf:  # masked out by a shortlist shorter than the candidates asked for: none follow
+                break
             beam = self._beams[parent]
             if y == EOS_ID:
                 if rank < k:
@@ -305,9 +352,25 @@ class BeamSearch:
         self.done = not beams or self._settled()
         return np.array(parents if not self.done else [], dtype=np.int64)
 
+    @property
+    def steps(self) -> int:
+        """Decoder steps taken so far."""
+        return self._steps
+
     def _settled(self) -> bool:
+        if self.early_stopping == "bound":
+            n = self.num_hypotheses
+            if len(self._finished) < n:
+                return False
+            nth_best = sorted((h.score for h in self._finished), reverse=True)[n - 1]
+            best_log_prob = max(b.log_prob for b in self._beams)
+            # the score is monotonic in the final length, which lies between steps + 1 (EOS next) and max_len
+            reachable = (length_penalty(self._steps + 1, self.alpha), length_penalty(self.max_len, self.alpha))
+            return max(best_log_prob / p for p in reachable) <= nth_best
         if len(self._finished) < self.beam_size:
             return False
+        if self.early_stopping == "beam":
+            return True
         worst_kept = sorted((h.score for h in self._finished), reverse=True)[self.beam_size - 1]
         best_live = max(b.log_prob for b in self._beams) / length_penalty(self._steps, self.alpha)
         return best_live <= worst_kept
@@ -341,7 +404,7 @@ SearchFactory = Callable[[int], Search]  # source length -> a fresh search
 
 def search_factory(
     beam_size: int = 1, length_penalty: float = 0.0, max_len_a: float = 1.5, max_len_b: float = 10.0,
-    max_tokens: int = 256, num_hypotheses: int = 1,
+    max_tokens: int = 256, num_hypotheses: int = 1, early_stopping: str = "bound",
 ) -> SearchFactory:
     """Greedy for beam_size 1, else beam search; max_len = min(ceil(a * src_len + b), max_tokens). With
     num_hypotheses n > 1 (at most beam_size) each result carries the n best hypotheses."""
@@ -349,12 +412,14 @@ def search_factory(
         raise ValueError(f"beam_size and max_tokens must be at least 1, got {beam_size} and {max_tokens}")
     if not 1 <= num_hypotheses <= beam_size:
         raise ValueError(f"num_hypotheses must be between 1 and beam_size={beam_size}, got {num_hypotheses}")
+    if early_stopping not in EARLY_STOPPING:
+        raise ValueError(f"early_stopping must be one of {', '.join(EARLY_STOPPING)}, got {early_stopping!r}")
 
     def make(src_len: int) -> Search:
         max_len = min(max_output_length(src_len, max_len_a, max_len_b), max_tokens)
         if beam_size == 1:
             return GreedySearch(max_len, length_penalty)
-        return BeamSearch(beam_size, max_len, length_penalty, num_hypotheses)
+        return BeamSearch(beam_size, max_len, length_penalty, num_hypotheses, early_stopping)
 
     return make
 
@@ -381,17 +446,29 @@ def advance_searches(
 def translate_batch(
     runner: Seq2SeqRunner, src_ids: np.ndarray, src_lengths: np.ndarray,
     make_search: SearchFactory | Sequence[SearchFactory],
+    shortlists: Sequence[np.ndarray | None] | None = None,
 ) -> list[Hypothesis]:
     """Encode the batch once, then step every unfinished search's rows together until all are done.
 
     make_search is one factory for every sentence or one per sentence (requests with their own options).
+    `shortlists` gives each sentence's candidate target ids (None: the whole vocabulary); with any, the steps run
+    the shortlist graph over their union, each row masked to its own sentence's ids.
     """
     src_lengths = np.asarray(src_lengths, dtype=np.int64)
     factories = [make_search] * len(src_lengths) if callable(make_search) else list(make_search)
     if len(factories) != len(src_lengths):
         raise ValueError(f"got {len(factories)} search factories for {len(src_lengths)} sentences")
+    if shortlists is not None and len(shortlists) != len(src_lengths):
+        raise ValueError(f"got {len(shortlists)} shortlists for {len(src_lengths)} sentences")
     if src_lengths.size == 0:
         return []
+    union = None
+    if shortlists is not None and any(s is not None for s in shortlists):
+        if runner.shortlist_decoder is None or runner.vocab is None:
+            raise ValueError("shortlists need a model with a shortlist step graph")
+        union = CandidateUnion(runner.vocab)
+        for i, ids in enumerate(shortlists):
+            union.add(i, ids)
     encoded = runner.encode(src_ids, src_lengths)
     searches = [make(int(n)) for make, n in zip(factories, src_lengths, strict=True)]
     owners = np.repeat(np.arange(len(searches)), [s.rows for s in searches])  # sentence of each row
@@ -400,10 +477,17 @@ def translate_batch(
     while owners.size:
         if context_owners is None or not np.array_equal(owners, context_owners):
             context, context_owners = encoded.select(owners), owners
-        active = [searches[i] for i, s in enumerate(searches) if s.rows]
+        live = [i for i, s in enumerate(searches) if s.rows]
+        active = [searches[i] for i in live]
         tokens = np.concatenate([s.tokens() for s in active])  # (R,)
-        step = runner.step(tokens, context.memory, context.keys, context.src_mask, states, step_candidates(active))
-        follow = advance_searches(active, step, src_lengths[[i for i, s in enumerate(searches) if s.rows]].tolist())
+        candidates = None if union is None else (union.ids, union.mask(live, [s.rows for s in active]))
+        step = runner.step(tokens, context.memory, context.keys, context.src_mask, states, step_candidates(active),
+                           candidates)
+        follow = advance_searches(active, step, src_lengths[live].tolist())
+        if union is not None:
+            for i in live:
+                if searches[i].done:
+                    union.remove(i)
         owners = owners[follow]
         states = {name: s[follow] for name, s in step.states.items()}
     return [s.result() for s in searches]

@@ -11,6 +11,8 @@ import numpy as np
 
 from service.engine.decoding import Hypothesis, SearchFactory, Seq2SeqRunner, search_factory, translate_batch
 from service.engine.sessions import SessionOptions, make_session
+from service.engine.shortlist import Shortlist
+from service.engine.shortlist import describe as shortlist_entry
 from service.engine.text import TextEncoder, pad_batch
 
 
@@ -23,10 +25,12 @@ class DecodeOptions:
     max_tokens: int = 256  # a hard cap on generated tokens, whatever the source length
     num_hypotheses: int = 1  # the n best translations, n at most beam_size
     split_sentences: bool = True  # a text of several sentences is translated sentence by sentence
+    shortlist: bool = True  # decode over the sentence's lexical shortlist when the model has one
+    early_stopping: str = "bound"  # beam search's stopping rule (decoding.EARLY_STOPPING)
 
     def factory(self) -> SearchFactory:
         return search_factory(self.beam_size, self.length_penalty, self.max_len_a, self.max_len_b, self.max_tokens,
-                              self.num_hypotheses)
+                              self.num_hypotheses, self.early_stopping)
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,24 @@ class TranslatorRuntime:
         self.source = TextEncoder.load(version_dir / config["tokenizers"]["source"], max_length, scripts.get("source"))
         self.target = TextEncoder.load(version_dir / config["tokenizers"]["target"], max_length, scripts.get("target"))
         self.source_eos = bool(config.get("source_eos", True))
-        self.runner = Seq2SeqRunner(make_session(version_dir / config["graphs"]["encoder"], opts or SessionOptions()),
-                                    make_session(version_dir / config["graphs"]["decoder"], opts or SessionOptions()))
+        opts = opts or SessionOptions()
+        entry = shortlist_entry(config)
+        self.shortlist = None if entry is None else Shortlist.load(version_dir / entry["file"],
+                                                                   self.target.vocab_size)
+        self.runner = Seq2SeqRunner(make_session(version_dir / config["graphs"]["encoder"], opts),
+                                    make_session(version_dir / config["graphs"]["decoder"], opts),
+                                    shortlist_session=None if entry is None
+                                    else make_session(version_dir / entry["graph"], opts))
+        self.use_shortlist = self.shortlist is not None  # the model-level switch (the service's --no-shortlist)
+
+    def shortlists(self, seqs: Sequence[Sequence[int]], options: DecodeOptions | Sequence[DecodeOptions],
+                   ) -> list[np.ndarray | None] | None:
+        """Each sentence's candidate target ids (None where it decodes over the whole vocabulary); None for none."""
+        if self.shortlist is None or not self.use_shortlist:
+            return None
+        each = [options] * len(seqs) if isinstance(options, DecodeOptions) else list(options)
+        out = [self.shortlist.for_sentence(s) if o.shortlist else None for s, o in zip(seqs, each, strict=True)]
+        return out if any(s is not None for s in out) else None
 
     @property
     def provider(self) -> str:
@@ -127,10 +147,10 @@ class TranslatorRuntime:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.source.ids(texts, add_eos=self.source_eos)
 
-    def decode_ids(self, seqs: Sequence[Sequence[int]],
-                   factories: SearchFactory | Sequence[SearchFactory]) -> list[Hypothesis]:
+    def decode_ids(self, seqs: Sequence[Sequence[int]], factories: SearchFactory | Sequence[SearchFactory],
+                   shortlists: Sequence[np.ndarray | None] | None = None) -> list[Hypothesis]:
         ids, lengths = pad_batch(seqs)
-        return translate_batch(self.runner, ids, lengths, factories)
+        return translate_batch(self.runner, ids, lengths, factories, shortlists)
 
     def finish(self, src_ids: Sequence[int], hyp: Hypothesis) -> Translation:
         alternatives = [Alternative(self.target.decode(h.tokens), float(h.score), list(h.tokens))
@@ -140,7 +160,7 @@ class TranslatorRuntime:
 
     def translate(self, texts: Sequence[str], options: DecodeOptions = DecodeOptions()) -> list[Translation]:
         seqs = self.encode(texts)
-        hyps = self.decode_ids(seqs, options.factory())
+        hyps = self.decode_ids(seqs, options.factory(), self.shortlists(seqs, options))
         return [self.finish(s, h) for s, h in zip(seqs, hyps, strict=True)]
 
     def smoke_test(self) -> None:

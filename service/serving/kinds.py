@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from service.engine.sessions import SessionOptions
+from service.engine.shortlist import describe as shortlist_entry
 from service.serving.classifier import ServedClassifier
 from service.serving.lm import ServedLM
 from service.serving.served import ServedModel
@@ -25,7 +26,9 @@ SERVED: dict[str, type[ServedModel]] = {
 
 def build_model(name: str, version_dir: Path, config: dict[str, Any], settings: Settings) -> ServedModel:
     """Create sessions and warm up (blocking: call it off the event loop)."""
-    needed = [*config["graphs"].values(), *config["tokenizers"].values(), *(config.get("files") or {}).values()]
+    entry = shortlist_entry(config)
+    needed = [*config["graphs"].values(), *config["tokenizers"].values(), *(config.get("files") or {}).values(),
+              *([entry["file"], entry["graph"]] if entry else [])]
     missing = sorted({name for name in needed if not (version_dir / name).is_file()})
     if missing:
         raise FileNotFoundError(f"missing {', '.join(missing)}")

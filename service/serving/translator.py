@@ -42,6 +42,8 @@ class ServedTranslator(DecodingModel):
         return str(recorded.get("source") or pair[0]), str(recorded.get("target") or pair[1])
 
     def start(self, settings: Settings, metrics: Metrics) -> None:
+        # before the engine is made: the continuous engine keeps candidate sets only for a shortlisted model
+        self.runtime.use_shortlist = self.runtime.shortlist is not None and self.name not in settings.no_shortlist
         super().start(settings, metrics)
         self.max_sentences = settings.max_texts_per_request
 
@@ -87,7 +89,9 @@ class ServedTranslator(DecodingModel):
 
     def run(self, items: list[TranslateItem]) -> list[Translation]:
         """Static batching: the whole batch decodes together."""
-        hyps = self.runtime.decode_ids([i.src_ids for i in items], [i.options.factory() for i in items])
+        seqs = [i.src_ids for i in items]
+        hyps = self.runtime.decode_ids(seqs, [i.options.factory() for i in items],
+                                       self.runtime.shortlists(seqs, [i.options for i in items]))
         return [self.runtime.finish(i.src_ids, h) for i, h in zip(items, hyps, strict=True)]
 
     def warm_up(self) -> None:

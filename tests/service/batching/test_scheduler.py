@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import threading
 
 import httpx
@@ -51,11 +52,20 @@ def runtime(translator_version):
     return TranslatorRuntime(translator_version, read_config(translator_version))
 
 
+@pytest.fixture(scope="module")
+def shortlisted(shortlisted_version):
+    return TranslatorRuntime(shortlisted_version, read_config(shortlisted_version))
+
+
+@pytest.mark.parametrize("which", ["runtime", "shortlisted"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_scheduler_returns_the_offline_translation_under_random_interleavings(runtime, seed):
+def test_scheduler_returns_the_offline_translation_under_random_interleavings(request, which, seed):
+    """With a shortlist, requests with it and without it (over the whole vocabulary) share the steps."""
+    runtime = request.getfixturevalue(which)
     rng = random.Random(seed)
     texts = [src for src, _ in synthetic_pairs(40, seed=100 + seed)]
-    options = [DecodeOptions(beam_size=rng.choice([1, 2, 3, 5]), length_penalty=rng.choice([0.0, 0.6]))
+    options = [DecodeOptions(beam_size=rng.choice([1, 2, 3, 5]), length_penalty=rng.choice([0.0, 0.6]),
+                             shortlist=rng.random() < 0.8, early_stopping=rng.choice(["bound", "bound", "beam"]))
                for _ in texts]
     offline = [runtime.translate([t], o)[0] for t, o in zip(texts, options, strict=True)]
 
@@ -163,19 +173,22 @@ def test_translate_rejects_bad_decoding_options(make_server, extra, status, mess
 
 
 @pytest.mark.parametrize("mode", ["continuous", "static", "none"])
-def test_every_scheduler_mode_gives_the_same_translations(make_server, mode):
-    server = make_server(scheduler=mode)
+def test_every_scheduler_mode_gives_the_same_translations(make_server, repo, shortlisted_version, mode):
+    shutil.copytree(shortlisted_version, repo / "numbers-shortlist" / "1")
+    server = make_server(scheduler=mode, response_cache_entries=0)
     texts = [src for src, _ in synthetic_pairs(12, seed=42)]
 
-    async def burst():
+    async def burst(model, extra):
         async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(*[client.post(f"{server.url}/v1/translate",
-                                                      json={"model": "numbers", "texts": [t], "beam_size": 2})
-                                          for t in texts])
+            return await asyncio.gather(*[client.post(f"{server.url}/v1/translate", json={
+                "model": model, "texts": [t], "beam_size": 2, **extra(i)}) for i, t in enumerate(texts)])
 
-    got = [r.json()["results"][0]["translation"] for r in asyncio.run(burst())]
-    model = server.manager.models["numbers"]
-    assert got == [t.text for t in model.runtime.translate(texts, DecodeOptions(beam_size=2))]
+    for name, extra in (("numbers", lambda i: {}), ("numbers-shortlist", lambda i: {"shortlist": i % 3 != 0})):
+        got = [r.json()["results"][0] for r in asyncio.run(burst(name, extra))]
+        runtime = server.manager.models[name].runtime
+        offline = [runtime.translate([t], DecodeOptions(beam_size=2, **extra(i)))[0] for i, t in enumerate(texts)]
+        assert [g["translation"] for g in got] == [t.text for t in offline]
+        assert [g["score"] for g in got] == pytest.approx([t.score for t in offline], abs=1e-5)
 
 
 def test_a_stream_whose_client_disconnects_frees_its_rows(make_server):
