@@ -474,13 +474,19 @@ def translate_batch(
     owners = np.repeat(np.arange(len(searches)), [s.rows for s in searches])  # sentence of each row
     states = encoded.select(owners).states
     context, context_owners = encoded, None
+    candidates: tuple[np.ndarray, np.ndarray] | None = None
+    mask_shape: tuple[int, ...] = ()
     while owners.size:
         if context_owners is None or not np.array_equal(owners, context_owners):
             context, context_owners = encoded.select(owners), owners
         live = [i for i, s in enumerate(searches) if s.rows]
         active = [searches[i] for i in live]
         tokens = np.concatenate([s.tokens() for s in active])  # (R,)
-        candidates = None if union is None else (union.ids, union.mask(live, [s.rows for s in active]))
+        if union is not None:  # the mask changes only when a sentence finishes, a beam widens or the union shrinks
+            shape = (union.rebuilds, *live, *(s.rows for s in active))
+            if shape != mask_shape:
+                mask, mask_shape = union.mask(live, [s.rows for s in active]), shape
+            candidates = (union.ids, mask)
         step = runner.step(tokens, context.memory, context.keys, context.src_mask, states, step_candidates(active),
                            candidates)
         follow = advance_searches(active, step, src_lengths[live].tolist())
