@@ -27,10 +27,12 @@ async def _engine_window(model: Any, source: CallSource, concurrency: int, secon
             call = source(index, n)
             n += 1
             body = json.loads(call.body)
-            items, lengths = model.prepare(body["texts"], options_of(body))
+            options = options_of(body)
             error = None
-            try:
-                await asyncio.gather(*model.queue.submit(items, lengths))
+            try:  # as the service's run_texts does: a translator's texts go as their sentences
+                units, plan = model.segment(body["texts"], options)
+                items, lengths = model.prepare(units, options)
+                model.combine(body["texts"], list(await asyncio.gather(*model.queue.submit(items, lengths))), plan)
             except Exception as exc:  # counted, as the HTTP loop counts a failed request
                 error = f"{type(exc).__name__}: {exc}"
             t1 = time.perf_counter()

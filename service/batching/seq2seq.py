@@ -92,7 +92,7 @@ class DecodeEngine:
         # the active requests' shortlists, kept as they join and leave; the step's mask is rebuilt only when the
         # active requests or the union change
         self.union = CandidateUnion(self.runner.vocab) if shortlisted and self.runner.vocab else None
-        self._mask: tuple[int, np.ndarray] | None = None  # (union rebuild count, mask) for the current active list
+        self._mask: tuple[int, np.ndarray] | None = None  # (union version, mask) for the current active list
 
     @property
     def rows(self) -> int:
@@ -218,8 +218,8 @@ class DecodeEngine:
         union = self.union
         if union is None or union.full == len(union):
             return None
-        if self._mask is None or self._mask[0] != union.rebuilds:
-            self._mask = (union.rebuilds, union.mask([id(r) for r in self.active], [r.rows for r in self.active]))
+        if self._mask is None or self._mask[0] != union.version:
+            self._mask = (union.version, union.mask([id(r) for r in self.active], [r.rows for r in self.active]))
         return union.ids, self._mask[1]
 
 

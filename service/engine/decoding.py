@@ -116,7 +116,7 @@ class Seq2SeqRunner:
     ) -> StepOutput:
         """One decoder step for R rows: each row's k best next tokens, attention (R, S) or None, next states.
 
-        With `shortlist` (candidate ids (C,), sorted, and a mask (R, C)) the shortlist graph scores only those ids,
+        With `shortlist` (candidate ids (C,) and a mask (R, C)) the shortlist graph scores only those ids,
         each row over its own masked ones (see engine/shortlist.py); ids come back in the full vocabulary."""
         if shortlist is not None and self.shortlist_decoder is None:
             raise ValueError("this model has no shortlist step graph")
@@ -483,7 +483,7 @@ def translate_batch(
         active = [searches[i] for i in live]
         tokens = np.concatenate([s.tokens() for s in active])  # (R,)
         if union is not None:  # the mask changes only when a sentence finishes, a beam widens or the union shrinks
-            shape = (union.rebuilds, *live, *(s.rows for s in active))
+            shape = (union.version, *live, *(s.rows for s in active))
             if shape != mask_shape:
                 mask, mask_shape = union.mask(live, [s.rows for s in active]), shape
             candidates = (union.ids, mask)

@@ -65,25 +65,28 @@ class CandidateUnion:
     """The candidate ids of steps shared by several sentences, kept as sentences join and leave.
 
     Members are counted per id, so a join adds its ids and a leave takes them away without a rebuild from scratch:
-    the sorted union is recomputed only when a joining sentence brings ids it lacks, or when a quarter of it no
-    longer belongs to anyone. A member's mask row (its ids among the union's) is cached until the union changes.
+    ids a joining sentence brings are appended to the union (each member's cached mask row grows with False), and
+    the union is compacted (sorted again, the rows recomputed) only when a quarter of it no longer belongs to anyone.
+    Appended ids leave the union unsorted; that changes nothing but the order of exactly equal log-probs.
     """
 
     def __init__(self, vocab: int) -> None:
         self.vocab = vocab
         self.counts = np.zeros(vocab, dtype=np.int32)
+        self.position = np.full(vocab, -1, dtype=np.int64)  # each id's column in the union, -1 when absent
         self.full = 0  # members decoding over every id
         self.members: dict[Hashable, np.ndarray | None] = {}
         self._ids: np.ndarray = np.zeros(0, dtype=np.int64)
         self._stale = 0  # ids in the union that no member has any more
         self._rows: dict[Hashable, np.ndarray] = {}
-        self.rebuilds = 0  # how often the union was recomputed (tests read it)
+        self.rebuilds = 0  # how often the union was compacted or widened to every id
+        self.version = 0  # changes whenever `ids` does (a step's mask is valid for one version)
 
     def __len__(self) -> int:
         return len(self.members)
 
     def add(self, key: Hashable, ids: np.ndarray | None) -> None:
-        """A member with its sorted ids (None: the whole vocabulary)."""
+        """A member with its ids, each once (None: the whole vocabulary)."""
         if key in self.members:
             raise KeyError(f"{key!r} is already a member")
         self.members[key] = ids
@@ -94,15 +97,15 @@ class CandidateUnion:
             return
         new = self.counts[ids] == 0
         self.counts[ids] += 1
-        if self.full:
+        if self.full or not new.any():
             return
-        if new.any():
-            stale = np.setdiff1d(ids[new], self._ids, assume_unique=True)
-            if stale.size:
-                self._reset()
-                return
-            self._stale -= int(new.sum())  # ids still in the union that are wanted again
-        self._rows.pop(key, None)
+        fresh = ids[new]
+        absent = fresh[self.position[fresh] < 0]
+        self._stale -= len(fresh) - len(absent)  # stale ids wanted again
+        if absent.size:
+            self.position[absent] = np.arange(len(self._ids), len(self._ids) + len(absent))
+            self._ids = np.concatenate([self._ids, absent])
+            self.version += 1
 
     def remove(self, key: Hashable) -> None:
         ids = self.members.pop(key)
@@ -122,25 +125,31 @@ class CandidateUnion:
     def _reset(self) -> None:
         self._ids = (np.arange(self.vocab, dtype=np.int64) if self.full
                      else np.flatnonzero(self.counts).astype(np.int64))
+        self.position[:] = -1
+        self.position[self._ids] = np.arange(len(self._ids))
         self._stale = 0
         self._rows.clear()
         self.rebuilds += 1
+        self.version += 1
 
     @property
     def ids(self) -> np.ndarray:
-        """The sorted candidate ids of a step over every member."""
+        """The candidate ids of a step over every member (sorted after a compaction, new ones appended)."""
         return self._ids
 
     def row(self, key: Hashable) -> np.ndarray:
         """The member's mask over `ids`: True at its own ids."""
         row = self._rows.get(key)
+        if row is not None and len(row) < len(self._ids):  # the union grew since: the new ids are not its own
+            row = np.concatenate([row, np.zeros(len(self._ids) - len(row), dtype=bool)])
+            self._rows[key] = row
         if row is None:
             ids = self.members[key]
             if ids is None:
                 row = np.ones(len(self._ids), dtype=bool)
             else:
                 row = np.zeros(len(self._ids), dtype=bool)
-                row[np.searchsorted(self._ids, ids)] = True
+                row[self.position[ids]] = True
             self._rows[key] = row
         return row
 

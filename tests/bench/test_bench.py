@@ -335,6 +335,26 @@ def test_bench_translate_starts_a_service_per_mode_and_reports_short_and_long(re
     assert main(["bench", "translate", "--repo", str(repo), "--model", "numbers", "--modes", "fast"]) == 2
 
 
+def test_bench_translate_compares_the_shortlist_and_the_bare_engine(repo, shortlisted_version, tmp_path, capsys):
+    shutil.copytree(shortlisted_version, repo / "short" / "1")
+    texts = tmp_path / "texts.txt"
+    words = ["one", "two", "three", "four", "five", "six", "seven"]
+    texts.write_text("\n".join(" ".join(words[: 3 + i % 5]) for i in range(60)) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(["bench", "translate", "--repo", str(repo), "--model", "short", "--modes", "continuous,continuous-full",
+                 "--levels", "2", "--repeats", "1", "--seconds", "0.5", "--warmup", "0.1", "--beam-size", "2",
+                 "--long-fraction", "0.5", "--texts-file", str(texts), "--load-fractions", "", "--engine",
+                 "--ratio-level", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    points = json.loads((out / "translate.json").read_text())["closed_loop"]
+    assert [p["series"] for p in points if p["kind"] == "all"] == ["continuous", "continuous-full", "bare engine"]
+    assert all(p["errors"] == 0 and p["requests"] > 0 for p in points)
+    report = (out / "translate.md").read_text()
+    assert "continuous with the shortlist / without at concurrency 2" in report
+    assert "service (continuous) / bare engine at concurrency 2" in report
+    assert main(["bench", "translate", "--repo", str(repo), "--model", "short", "--modes", "static-half"]) == 2
+
+
 def test_without_data_to_calibrate_on_the_bench_has_no_int8_series(classifier_version, tmp_path, capsys):
     from bench.classify import Variant, with_int8
     from service.engine.repository import read_config, write_json
