@@ -165,5 +165,18 @@ bench: setup bench-deps
 	$(BIN)/seqserve bench tag --repo model_repository --model atis --out docs/benchmarks $(BENCH_FLAGS)
 	$(BIN)/seqserve bench translate --repo model_repository --model en-de --out docs/benchmarks $(BENCH_FLAGS)
 
+# On a machine with an NVIDIA GPU and onnxruntime-gpu in the environment (under ten minutes): the schedulers at
+# concurrency 32 and 128 and the decoder step at 1-256 rows (with and without the shortlist) on the CUDA provider;
+# writes docs/benchmarks/gpu/{translate,steps}.md.
+.PHONY: bench-gpu
+bench-gpu: setup bench-deps
+	$(BIN)/python -c "import onnxruntime as o, sys; 'CUDAExecutionProvider' in o.get_available_providers() or \
+		sys.exit('bench-gpu: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)')"
+	SEQSERVE_DEVICE=cuda $(BIN)/seqserve bench translate --repo model_repository --model en-de \
+		--modes continuous,static,none --levels 32,128 --ratio-level 32 --load-fractions '' --repeats 2 --seconds 10 \
+		--warmup 3 --out docs/benchmarks/gpu
+	$(BIN)/python loadtest/bench_shortlist.py model_repository/en-de --device cuda --steps-only \
+		--rows 1,8,32,64,128,256 --out docs/benchmarks/gpu
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache

@@ -44,6 +44,8 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--pair", help="translators: language pair for multi30k")
     p.add_argument("--beam-size", type=int, help="translators: beam size (default 5)")
     p.add_argument("--tag-column", type=int, help="taggers: a CoNLL file's tag column (default: as trained, or last)")
+    p.add_argument("--no-shortlist", dest="shortlist", action="store_false", default=None,
+                   help="translators: decode over the whole vocabulary even when the model has a lexical shortlist")
     p.add_argument("--plot-attention", type=int, default=0, metavar="N",
                    help="translators: write N attention heatmaps (PNG) to MODEL_DIR/attention/")
     p.set_defaults(func=_cmd_evaluate)

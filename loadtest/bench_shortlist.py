@@ -91,19 +91,45 @@ def step_ms(runtime: TranslatorRuntime, sources: list[str], rows: int, beam: int
     return statistics.median(times) * 1000, len(candidates[0]) if candidates else int(runtime.runner.vocab or 0)
 
 
+def step_rows(runtime: TranslatorRuntime, sources: list[str], counts: list[int], repeats: int) -> list[list[str]]:
+    out = []
+    for rows in counts:
+        full, _ = step_ms(runtime, sources, rows, 4, False, repeats)
+        short, size = step_ms(runtime, sources, rows, 4, True, repeats)
+        out.append([str(rows), str(max(1, rows // 4)), f"{full:.3f}", f"{short:.3f}", str(size),
+                    f"{full / short:.2f}x"])
+        print(out[-1], flush=True)  # noqa: T201
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--split", default="test", help="the recorded data's split (default test: test2016)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     parser.add_argument("--repeats", type=int, default=60, help="decoder-step repeats per point")
-    parser.add_argument("--out", type=Path, help="write shortlist.md here")
+    parser.add_argument("--out", type=Path, help="write shortlist.md (or, with --steps-only, steps.md) here")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                        help="onnxruntime provider (default cpu; cuda for make bench-gpu)")
+    parser.add_argument("--steps-only", action="store_true", help="only the decoder-step table")
+    parser.add_argument("--rows", default="1,8,32,128", help="decoder-step row counts (default 1,8,32,128)")
     args = parser.parse_args()
     version = resolve_version_dir(args.model_dir)
     config = read_config(version)
-    runtime = TranslatorRuntime(version, config, SessionOptions(intra_op_threads=args.threads))
+    runtime = TranslatorRuntime(version, config, SessionOptions(device=args.device, intra_op_threads=args.threads))
     if runtime.shortlist is None:
         raise SystemExit(f"{version} has no shortlist; run `seqserve shortlist {version}` first")
+    if args.steps_only:
+        sources = [p.src for p in load_eval_pairs(config, argparse.Namespace(data=None, split=args.split, pair=None))]
+        table = markdown_table(["rows", "sentences", "ms full", "ms shortlist", "candidate ids", "speed-up"],
+                               step_rows(runtime, sources, [int(r) for r in args.rows.split(",")], args.repeats))
+        text = (f"# Decoder step on {runtime.provider}\n\n`{version}`, beam 4 rows (4 per sentence), median of "
+                f"{args.repeats}.\n\n{table}\n{machine_section(machine_info())}")
+        sys.stdout.write(text)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "steps.md").write_text(text, encoding="utf-8")
+        return
     pairs = load_eval_pairs(config, argparse.Namespace(data=None, split=args.split, pair=None))
     sources, refs = [p.src for p in pairs], [p.tgt for p in pairs]
     entry = config["shortlist"]
@@ -138,13 +164,7 @@ def main() -> None:
                              f"{100 * same / len(texts):.1f} %", f"{seconds:.1f}"])
             print(stopping[-1], flush=True)  # noqa: T201
 
-    steps_rows = []
-    for rows in (1, 8, 32, 128):
-        full, vocab = step_ms(runtime, sources, rows, 4, False, args.repeats)
-        short, size = step_ms(runtime, sources, rows, 4, True, args.repeats)
-        steps_rows.append([str(rows), str(max(1, rows // 4)), f"{full:.3f}", f"{short:.3f}", str(size),
-                           f"{full / short:.2f}x"])
-        print(steps_rows[-1], flush=True)  # noqa: T201
+    steps_rows = step_rows(runtime, sources, [int(r) for r in args.rows.split(",")], args.repeats)
     valid = entry.get("valid", {})
     text = "\n".join([
         "# Lexical shortlist and beam early stopping", "",

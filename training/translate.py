@@ -244,13 +244,15 @@ def export_run_files(spec: dict[str, Any], work_dir: Path, writer: VersionWriter
 
 
 def evaluate_translator(version_dir: Path, pairs: Sequence[Pair], beam_size: int = 5, plot_attention: int = 0,
-                        batch_size: int = 64) -> dict[str, Any]:
-    """BLEU and chrF (sacrebleu, detokenized) of beam search and of greedy decoding through the ONNX graphs."""
+                        batch_size: int = 64, shortlist: bool = True) -> dict[str, Any]:
+    """BLEU and chrF (sacrebleu, detokenized) of beam search and of greedy decoding through the ONNX graphs (over
+    the lexical shortlist when the model has one, unless `shortlist` is false)."""
     import sacrebleu
 
     runtime = TranslatorRuntime(version_dir, read_config(version_dir))
+    runtime.use_shortlist = shortlist and runtime.shortlist is not None
     refs = [p.tgt for p in pairs]
-    figures: dict[str, Any] = {"examples": len(pairs), "beam_size": beam_size}
+    figures: dict[str, Any] = {"examples": len(pairs), "beam_size": beam_size, "shortlist": runtime.use_shortlist}
     for name, beam in (("beam", beam_size), ("greedy", 1)):
         options = DecodeOptions(beam_size=beam)
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].src))
@@ -310,4 +312,4 @@ def calibration_feeds(version_dir: Path, config: dict[str, Any], texts: Sequence
 
 TOOLS = KindTools(export=export_run_files, evaluate=evaluate_translator, eval_data=load_eval_pairs,
                   input_text=lambda pair: pair.src, calibration_feeds=calibration_feeds,
-                  eval_options=("beam_size", "plot_attention"))
+                  eval_options=("beam_size", "plot_attention", "shortlist"))

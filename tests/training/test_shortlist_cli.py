@@ -23,6 +23,10 @@ def test_shortlist_command_writes_the_list_and_graph_and_quantize_carries_them(c
     assert (version / entry["file"]).is_file() and (version / entry["graph"]).is_file()
     assert entry["method"] == "ibm-model-1" and entry["per_source"] == 5 and entry["frequent"] == 10
     assert entry["valid"]["token_coverage"] > 0.9 and entry["valid"]["mean_size"] < 100  # of 300 ids
+    assert cli("evaluate", version, "--split", "test", "--beam-size", "2")[0] == 0
+    assert json.loads((version / "metrics.json").read_text())["test"]["shortlist"] is True
+    assert cli("evaluate", version, "--split", "valid", "--beam-size", "2", "--no-shortlist")[0] == 0
+    assert json.loads((version / "metrics.json").read_text())["valid"]["shortlist"] is False
     int8 = quantize_version(version, version=2, out=tmp_path / "numbers", calibration_size=64)
     config = read_config(int8)
     assert config["shortlist"]["graph"] == entry["graph"] and (int8 / entry["graph"]).is_file()
