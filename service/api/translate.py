@@ -27,7 +27,18 @@ log = logging.getLogger("seqserve.inference")
 KIND_NAME = "translator"
 
 
-class TranslateRequest(BaseModel):
+class SearchOptions(BaseModel):
+    """Decoding options of /v1/translate and its stream (and v2 parameters) that choose how a search runs."""
+
+    shortlist: bool = Field(True, description="decode over the sentence's lexical shortlist when the model has one "
+                            "(faster on CPU; false: over the whole vocabulary)")
+    early_stopping: Literal["bound", "length", "beam"] = Field(
+        "bound", description="when a beam search stops: bound (as soon as no live hypothesis can beat the best "
+        "finished one; the answer of searching to the length limit), length (the best live one scored at its current "
+        "length), beam (once beam_size hypotheses have finished: fewest steps, may change answers)")
+
+
+class TranslateRequest(SearchOptions):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"model": "en-de", "texts": ["A man is riding a bike."], "beam_size": 4,
                       "return_attention": False}]})
@@ -42,15 +53,9 @@ class TranslateRequest(BaseModel):
     split_sentences: bool = Field(True, description="translate a text of several sentences sentence by sentence, "
                                   "joined back with the text's own whitespace (false: as one sequence)")
     return_attention: bool = False
-    shortlist: bool = Field(True, description="decode over the sentence's lexical shortlist when the model has one "
-                            "(faster on CPU; false: over the whole vocabulary)")
-    early_stopping: Literal["bound", "length", "beam"] = Field(
-        "bound", description="when a beam search stops: bound (as soon as no live hypothesis can beat the best "
-        "finished one; the answer of searching to the length limit), length (the best live one scored at its current "
-        "length), beam (once beam_size hypotheses have finished: fewest steps, may change answers)")
 
 
-class TranslateStreamRequest(BaseModel):
+class TranslateStreamRequest(SearchOptions):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"model": "en-de", "text": "Two dogs play in the snow.", "beam_size": 1}]})
 
@@ -60,12 +65,6 @@ class TranslateStreamRequest(BaseModel):
     max_length: int | None = Field(None, ge=1)
     length_penalty: float | None = Field(None, ge=0.0, le=5.0)
     num_hypotheses: int | None = Field(None, ge=1, description="the n best, in the final event")
-    shortlist: bool = Field(True, description="decode over the sentence's lexical shortlist when the model has one "
-                            "(faster on CPU; false: over the whole vocabulary)")
-    early_stopping: Literal["bound", "length", "beam"] = Field(
-        "bound", description="when a beam search stops: bound (as soon as no live hypothesis can beat the best "
-        "finished one; the answer of searching to the length limit), length (the best live one scored at its current "
-        "length), beam (once beam_size hypotheses have finished: fewest steps, may change answers)")
 
 
 class Hypothesis(BaseModel):
