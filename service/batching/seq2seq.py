@@ -212,7 +212,6 @@ class DecodeEngine:
         self.states = {k: v[index] for k, v in step.states.items()}
         return finished
 
-
     def _candidates(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The step's candidate ids and row mask; None when every active request decodes over the whole vocabulary."""
         union = self.union
