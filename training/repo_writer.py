@@ -162,6 +162,12 @@ class VersionWriter:
         ]
         if config.get("labels"):
             lines.append(f"- Labels: {', '.join(config['labels'])}")
+        shortlist = config.get("shortlist")
+        if isinstance(shortlist, dict):
+            lines.append(f"- Lexical shortlist: {shortlist.get('file')} and {shortlist.get('graph')} "
+                         f"({shortlist.get('method')}: {shortlist.get('per_source')} targets per source token, the "
+                         f"{shortlist.get('frequent')} most frequent; validation {shortlist.get('valid', {})}), used "
+                         "in decoding unless a request or the service turns it off")
         lines += ["", "## Evaluation (ONNX model, as served)", ""]
         for split, figures in metrics.items():
             summary = {k: round(v, 4) for k, v in figures.items() if isinstance(v, int | float)}

@@ -31,6 +31,7 @@ from service.engine.repository import read_config, resolve_version_dir, write_js
 from service.engine.shortlist import CANDIDATE_MASK_INPUT, CANDIDATES_INPUT, Shortlist
 from service.engine.text import EOS_ID, TextEncoder
 from service.errors import UserError
+from training.repo_writer import VersionWriter
 
 log = logging.getLogger("seqserve.shortlist")
 SHORTLIST_FILE, SHORTLIST_GRAPH = "shortlist.npz", "decoder_shortlist.onnx"
@@ -240,6 +241,7 @@ def shortlist_version(model_dir: Path, data: str | None = None, target_data: str
         entry["valid"] = {k: round(v, 4) for k, v in coverage(shortlist, valid).items()}
     config["shortlist"] = entry
     write_json(version_dir / "config.json", config)
+    VersionWriter(version_dir).write_card()
     log.info("%s: shortlist of %d source tokens from %d pairs: %s", version_dir, len(shortlist.indptr) - 1,
              len(pairs), json.dumps(entry.get("valid", {})))
     return entry
