@@ -9,7 +9,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,25 +143,33 @@ async def closed_loop(url: str, source: CallSource, concurrency: int, seconds: f
     aiohttp rather than httpx: on this 2-core machine httpx.AsyncClient spent 6 ms of CPU per request at 32
     connections (aiohttp 0.2 ms), and the generator shares the cores with the service it measures.
     """
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        return await closed_workers(lambda call: _send(session, url, call, check), source, concurrency, seconds,
+                                    warmup)
+
+
+async def closed_workers(send: Callable[[Call], Awaitable[str | None]], source: CallSource, concurrency: int,
+                         seconds: float, warmup: float) -> Window:
+    """`concurrency` workers, each awaiting `send(call)` (None, or the error) before its next call; what finishes
+    inside the window after `warmup` counts. The closed loop over HTTP, and the bare engine's (bench/engine_loop.py)."""
     if concurrency < 1 or seconds <= 0 or warmup < 0:
         raise ValueError("closed_loop needs concurrency >= 1, seconds > 0 and warmup >= 0")
     window = Window(concurrency, seconds, {})
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        begin = time.perf_counter() + warmup
-        end = begin + seconds
+    begin = time.perf_counter() + warmup
+    end = begin + seconds
 
-        async def worker(index: int) -> None:
-            n = 0
-            while (t0 := time.perf_counter()) < end:
-                call = source(index, n)
-                n += 1
-                error = await _send(session, url, call, check)
-                t1 = time.perf_counter()
-                if begin <= t1 <= end:
-                    window.record(call.kind, call.texts, t1 - t0, error)
+    async def worker(index: int) -> None:
+        n = 0
+        while (t0 := time.perf_counter()) < end:
+            call = source(index, n)
+            n += 1
+            error = await send(call)
+            t1 = time.perf_counter()
+            if begin <= t1 <= end:
+                window.record(call.kind, call.texts, t1 - t0, error)
 
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return window
 
 

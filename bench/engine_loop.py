@@ -6,41 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.core import CallSource, Window, summarize
+from bench.core import Call, closed_workers, summarize
 from bench.modes import KINDS
 from bench.report import Series, progress
 
 
-async def _engine_window(model: Any, source: CallSource, concurrency: int, seconds: float, warmup: float,
-                         options_of: Any) -> Window:
-    window = Window(concurrency, seconds, {})
-    begin = time.perf_counter() + warmup
-    end = begin + seconds
+def _engine_send(model: Any, options_of: Any) -> Any:
+    """A call answered by the served model's own queue, as the service's run_texts does it: a translator's texts go
+    as their sentences."""
+    async def send(call: Call) -> str | None:
+        body = json.loads(call.body)
+        options = options_of(body)
+        try:
+            units, plan = model.segment(body["texts"], options)
+            items, lengths = model.prepare(units, options)
+            model.combine(body["texts"], list(await asyncio.gather(*model.queue.submit(items, lengths))), plan)
+        except Exception as exc:  # counted, as the HTTP loop counts a failed request
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
-    async def worker(index: int) -> None:
-        n = 0
-        while (t0 := time.perf_counter()) < end:
-            call = source(index, n)
-            n += 1
-            body = json.loads(call.body)
-            options = options_of(body)
-            error = None
-            try:  # as the service's run_texts does: a translator's texts go as their sentences
-                units, plan = model.segment(body["texts"], options)
-                items, lengths = model.prepare(units, options)
-                model.combine(body["texts"], list(await asyncio.gather(*model.queue.submit(items, lengths))), plan)
-            except Exception as exc:  # counted, as the HTTP loop counts a failed request
-                error = f"{type(exc).__name__}: {exc}"
-            t1 = time.perf_counter()
-            if begin <= t1 <= end:
-                window.record(call.kind, call.texts, t1 - t0, error)
-
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return window
+    return send
 
 
 def engine_points(series: str, version_dir: Path, name: str, source: Any, levels: list[int], seconds: float,
@@ -58,14 +46,14 @@ def engine_points(series: str, version_dir: Path, name: str, source: Any, levels
         return decode_options(TranslateRequest(**{k: v for k, v in body.items() if k != "model"}), settings)
 
     model = build_model(name, version_dir, read_config(version_dir), settings)
+    send = _engine_send(model, options_of)
 
     async def measure() -> list[Any]:
         model.start(settings, Metrics())
         points = []
         try:
             for level in levels:
-                windows = [await _engine_window(model, source(), level, seconds, warmup, options_of)
-                           for _ in range(repeats)]
+                windows = [await closed_workers(send, source(), level, seconds, warmup) for _ in range(repeats)]
                 points += [summarize(series, windows)] + [summarize(series, windows, kind) for kind in KINDS]
                 for p in points[-3:]:
                     progress(p)

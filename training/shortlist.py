@@ -23,6 +23,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -186,22 +187,29 @@ def _gather_columns(name: str, rank: int, out: str) -> list[Any]:
             helper.make_node("Transpose", [f"{name}.rows"], [out], perm=[1, 0], name=f"{name}.shortlist_columns")]
 
 
-def version_pairs(version_dir: Path, config: dict[str, Any], data: str | None, target_data: str | None,
-                  ) -> list[tuple[list[int], list[int]]]:
-    """The training pairs the version records (or those of --data), as the model's token ids (without EOS)."""
-    from types import SimpleNamespace
+Encoded = list[tuple[list[int], list[int]]]
 
-    from training.translate import load_eval_pairs
 
-    args = SimpleNamespace(data=data, target_data=target_data, split="train", pair=None)
-    pairs = load_eval_pairs(config, args)
+def encoded_pairs(version_dir: Path, config: dict[str, Any], pairs: Sequence[Any]) -> Encoded:
+    """Text pairs as the model's token ids: sources as the service encodes them, targets without EOS."""
     scripts = config.get("scripts") or {}
-    max_length = int(config["max_length"])
-    source = TextEncoder.load(version_dir / config["tokenizers"]["source"], max_length, scripts.get("source"))
-    target = TextEncoder.load(version_dir / config["tokenizers"]["target"], max_length, scripts.get("target"))
+    source, target = (TextEncoder.load(version_dir / config["tokenizers"][side], int(config["max_length"]),
+                                       scripts.get(side)) for side in ("source", "target"))
     srcs = source.ids([p.src for p in pairs], add_eos=bool(config.get("source_eos", True)))
-    tgts = target.ids([p.tgt for p in pairs])
-    return list(zip(srcs, tgts, strict=True))
+    return list(zip(srcs, target.ids([p.tgt for p in pairs]), strict=True))
+
+
+def learning_pairs(version_dir: Path, config: dict[str, Any], data: str | None, target_data: str | None,
+                   ) -> tuple[Encoded, Encoded]:
+    """(training pairs, validation pairs) as token ids: the recorded data's train and valid splits (loaded once), or
+    every pair of --data and no validation."""
+    from training.translate import load_eval_pairs, recorded_splits
+
+    if data is not None:
+        pairs = load_eval_pairs(config, SimpleNamespace(data=data, target_data=target_data, split="train", pair=None))
+        return encoded_pairs(version_dir, config, pairs), []
+    splits = recorded_splits(config)
+    return encoded_pairs(version_dir, config, splits["train"]), encoded_pairs(version_dir, config, splits["valid"])
 
 
 def shortlist_version(model_dir: Path, data: str | None = None, target_data: str | None = None,
@@ -215,24 +223,13 @@ def shortlist_version(model_dir: Path, data: str | None = None, target_data: str
     config = read_config(version_dir)
     if config.get("kind") != "translator":
         raise UserError(f"{version_dir} is a {config.get('kind')}; shortlists are for translators")
-    pairs = version_pairs(version_dir, config, data, target_data)
+    pairs, valid = learning_pairs(version_dir, config, data, target_data)
     model = config["model"]
     shared = model.get("share_embeddings") or (config["tokenizers"]["source"] == config["tokenizers"]["target"])
     shortlist, most = learn_shortlist(pairs, int(model["src_vocab"]), int(model["tgt_vocab"]), per_source, frequent,
                                       min_prob, copy_source=bool(shared))
     shortlist.save(version_dir / SHORTLIST_FILE, most)
     add_shortlist_graph(version_dir / config["graphs"]["decoder"], version_dir / SHORTLIST_GRAPH)
-    from types import SimpleNamespace
-
-    from training.translate import load_eval_pairs
-
-    valid = []
-    if data is None:  # the recorded data's validation split, for the coverage figures
-        valid_pairs = load_eval_pairs(config, SimpleNamespace(data=None, split="valid", pair=None))
-        encoders = [TextEncoder.load(version_dir / config["tokenizers"][side], int(config["max_length"]),
-                                     (config.get("scripts") or {}).get(side)) for side in ("source", "target")]
-        valid = list(zip(encoders[0].ids([p.src for p in valid_pairs], add_eos=bool(config.get("source_eos", True))),
-                         encoders[1].ids([p.tgt for p in valid_pairs]), strict=True))
     entry = {"file": SHORTLIST_FILE, "graph": SHORTLIST_GRAPH, "method": "ibm-model-1", "per_source": per_source,
              "frequent": frequent, "min_prob": min_prob, "copy_source": bool(shared), "pairs": len(pairs),
              "source": data or (config.get("provenance") or {}).get("source"),

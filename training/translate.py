@@ -292,11 +292,24 @@ def load_eval_pairs(config: dict[str, Any], args: Any) -> list[Pair]:
         pairs = (read_parallel_files(source, data.target_path) if data.target_path
                  else read_parallel_table(source, data.src_field, data.tgt_field))
         return pairs
-    train, valid, test = data.load()
-    splits = {"train": train, "valid": valid, "val": valid, "test": test, "test2016": test}
+    splits = named_splits(data)
     if args.split not in splits:
         raise DataError(f"--split must be one of {', '.join(splits)}, got {args.split!r}")
     return splits[args.split]
+
+
+def named_splits(data: ParallelData) -> dict[str, list[Pair]]:
+    """The data's splits under every name `--split` takes (Multi30k's val and test2016 too), loaded once."""
+    train, valid, test = data.load()
+    return {"train": train, "valid": valid, "val": valid, "test": test, "test2016": test}
+
+
+def recorded_splits(config: dict[str, Any]) -> dict[str, list[Pair]]:
+    """The splits of the data a translator version records having been trained on."""
+    settings = dict(config.get("provenance", {}).get("settings", {}))
+    source = config.get("provenance", {}).get("source")
+    return named_splits(ParallelData(source, **{k: v for k, v in settings.items()
+                                                if k in ParallelData.__dataclass_fields__}))
 
 
 def calibration_feeds(version_dir: Path, config: dict[str, Any], texts: Sequence[str]) -> dict[str, list[Feeds]]:

@@ -88,10 +88,11 @@ class DecodeEngine:
         self.buffers = RowBuffers(max_rows)
         self.active: list[SeqRequest] = []  # their rows, in this order, are the buffers' rows
         self.states: dict[str, np.ndarray] = {}
-        shortlisted = runtime.shortlist is not None and runtime.use_shortlist and self.runner.vocab is not None
         # the active requests' shortlists, kept as they join and leave; the step's mask is rebuilt only when the
         # active requests or the union change
-        self.union = CandidateUnion(self.runner.vocab) if shortlisted and self.runner.vocab else None
+        vocab = self.runner.vocab
+        shortlisted = runtime.shortlist is not None and runtime.use_shortlist
+        self.union = CandidateUnion(vocab) if shortlisted and vocab else None
         self._mask: tuple[int, np.ndarray] | None = None  # (union version, mask) for the current active list
 
     @property
